@@ -1,0 +1,283 @@
+"""ClientParty: one client's side of the protocol, sans-I/O.
+
+``start()`` returns the stage-0 message; ``receive(message)`` takes a server message (object or
+bytes) and returns the client's reply. A rejected message (wrong session, stage, receiver,
+forged ciphertext, ...) raises a ``RemoteProtocolError`` and leaves the party exactly as it was, so
+the right message can still arrive. A request that would break the guarantees (reveal both shares
+of one peer, a survivor list that grew) raises ``RefusedRequestError`` and aborts the party for good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable
+
+import numpy as np
+
+from . import wire
+from .config import Mode, RoundConfig
+from .errors import (AbortedError, AuthenticationError, DecodeError, InputError, LocalProtocolError,
+                     RefusedRequestError, RemoteProtocolError, SecAggError, UnexpectedMessageError,
+                     UnknownClientError, WrongSessionError)
+from .hazmat import aead, kex, prg, shamir
+from .hazmat.sign import SigningKey, verify
+from .messages import (AdvertiseKeys, ConsistencyRequest, ConsistencySignature, EncryptedShare,
+                       ForwardedShares, KeysBroadcast, MaskedInput, Message, RevealedShare,
+                       ShareKeys, ShareKind, UnmaskRequest, UnmaskResponse, SERVER_TO_CLIENT)
+from .state import Event, Stage, next_stage
+
+STAGE_SHARES = 1  # the AEAD stage byte for encrypted shares
+
+
+def keys_signed_bytes(session_id: bytes, client_id: int, channel_pk: bytes, mask_pk: bytes) -> bytes:
+    """What a client signs in stage 0 (active mode)."""
+    return b"secagg/v1/keys" + session_id + struct.pack(">I", client_id) + channel_pk + mask_pk
+
+
+def survivors_signed_bytes(session_id: bytes, survivors: tuple[int, ...]) -> bytes:
+    """What a client signs in stage 3: the survivor list it was shown."""
+    return b"secagg/v1/survivors" + session_id + struct.pack(f">I{len(survivors)}I", len(survivors), *survivors)
+
+
+def self_mask_commitment(session_id: bytes, client_id: int, seed: bytes) -> bytes:
+    """SHA-256 commitment to b_u: lets the server reject a self-mask rebuilt from forged shares."""
+    return hashlib.sha256(b"secagg/v1/self-mask" + session_id + struct.pack(">I", client_id) + seed).digest()
+
+
+def mask_sign(u: int, v: int) -> int:
+    """+1 if u adds PRG(s_uv) (u < v), -1 if it subtracts it."""
+    return 1 if u < v else -1
+
+
+class ClientParty:
+    """One client in one round. ``input_words`` may be given now or later with ``set_input``."""
+
+    def __init__(self, config: RoundConfig, client_id: int, input_words: np.ndarray | None = None, *,
+                 signing_key: SigningKey | None = None,
+                 randbytes: Callable[[int], bytes] = os.urandom) -> None:
+        if client_id not in config.client_ids:
+            raise LocalProtocolError(f"client id {client_id} is not in the round's client_ids")
+        if (config.mode is Mode.ACTIVE) != (signing_key is not None):
+            raise LocalProtocolError("active mode (config.verify_keys set) needs a signing_key, "
+                                     "and semi-honest mode must not be given one")
+        if signing_key is not None and config.verify_keys[client_id] != signing_key.public:
+            raise LocalProtocolError(f"signing_key does not match verify_keys[{client_id}]")
+        self.config = config
+        self.id = client_id
+        self.neighbours = frozenset(config.neighbours(client_id))
+        self._signing_key = signing_key
+        self._randbytes = randbytes
+        self._input: np.ndarray | None = None
+        self.stage = Stage.INIT
+        self._channel: kex.KeyPair | None = None
+        self._mask: kex.KeyPair | None = None
+        self._self_seed: bytes | None = None
+        self._peers: dict[int, tuple[bytes, bytes]] = {}   # U1 neighbours: id -> (c_pk, s_pk)
+        self._held: dict[int, tuple[bytes, bytes]] = {}    # U2 neighbours: id -> (sk share, b share)
+        self._share_keys: dict[int, bytes] = {}            # AEAD key per U1 neighbour, agreed once
+        self._survivors: tuple[int, ...] | None = None
+        if input_words is not None:
+            self.set_input(input_words)
+
+    # ------------------------------------------------------------------ input
+
+    def set_input(self, words: np.ndarray) -> None:
+        """The encoded input: ``dim`` words in [0, 2**bits) of the word dtype (see wire.word_dtype)."""
+        if self.stage not in (Stage.INIT, Stage.KEYS_SENT, Stage.SHARES_SENT):
+            raise LocalProtocolError(f"client {self.id}: input can no longer be set in stage {self.stage.value}")
+        self._input = check_words(words, self.config, what=f"client {self.id} input")
+
+    # ------------------------------------------------------------------ transitions
+
+    def start(self) -> AdvertiseKeys:
+        """Stage 0: fresh key pairs; their public halves (signed in active mode)."""
+        self._advance(Event.START, local=True)
+        self._channel = kex.KeyPair.from_private(self._randbytes(32))
+        self._mask = kex.KeyPair.from_private(self._randbytes(32))
+        signature = b""
+        if self._signing_key is not None:
+            signature = self._signing_key.sign(keys_signed_bytes(
+                self.config.session_id, self.id, self._channel.public, self._mask.public))
+        return AdvertiseKeys(self.config.session_id, self.id, self._channel.public, self._mask.public, signature)
+
+    def receive(self, message: Message | bytes) -> Message:
+        """Handle one server message and return the reply to send."""
+        if self.stage is Stage.ABORTED:
+            raise AbortedError(f"client {self.id} has aborted this round")
+        msg = wire.decode(message) if isinstance(message, (bytes, bytearray, memoryview)) else message
+        if not isinstance(msg, SERVER_TO_CLIENT):
+            raise UnexpectedMessageError(f"client {self.id} got a {type(msg).__name__}, which only the server receives")
+        if msg.session_id != self.config.session_id:
+            raise WrongSessionError(f"client {self.id}: message of session {msg.session_id.hex()[:16]}…, "
+                                    f"this round is {self.config.session_id.hex()[:16]}…")
+        if msg.receiver != self.id:
+            raise UnknownClientError(f"client {self.id} got a message addressed to client {msg.receiver}")
+        nxt = next_stage(self.config.mode, self.stage, msg.type)
+        if nxt is None:
+            raise UnexpectedMessageError(f"client {self.id} in stage {self.stage.value} cannot take {msg.type.name}")
+        handler = {KeysBroadcast: self._on_keys, ForwardedShares: self._on_shares,
+                   ConsistencyRequest: self._on_consistency, UnmaskRequest: self._on_unmask}[type(msg)]
+        try:
+            reply = handler(msg)
+        except (RefusedRequestError, AbortedError):
+            self.stage = Stage.ABORTED
+            self._forget()
+            raise
+        self.stage = nxt
+        return reply
+
+    def _advance(self, event, *, local: bool) -> None:
+        nxt = next_stage(self.config.mode, self.stage, event)
+        if nxt is None:
+            raise LocalProtocolError(f"client {self.id}: {event} is not legal in stage {self.stage.value}")
+        self.stage = nxt
+
+    def _abort(self, why: str) -> None:
+        raise AbortedError(f"client {self.id} aborts: {why}")
+
+    def _forget(self) -> None:
+        self._self_seed = self._mask = self._channel = None
+        self._held.clear()
+        self._share_keys.clear()
+
+    # ------------------------------------------------------------------ stage 1: share keys
+
+    def _on_keys(self, msg: KeysBroadcast) -> ShareKeys:
+        cfg = self.config
+        peers: dict[int, tuple[bytes, bytes]] = {}
+        seen_keys = {self._channel.public, self._mask.public}
+        for p in msg.peers:
+            if p.client_id not in self.neighbours:
+                raise UnknownClientError(f"client {self.id}: keys of {p.client_id}, who is not a neighbour")
+            if len(p.channel_pk) != 32 or len(p.mask_pk) != 32:
+                raise DecodeError(f"client {self.id}: keys of {p.client_id} have the wrong length")
+            if p.channel_pk in seen_keys or p.mask_pk in seen_keys or p.channel_pk == p.mask_pk:
+                raise RemoteProtocolError(f"client {self.id}: keys of {p.client_id} repeat another key")
+            seen_keys |= {p.channel_pk, p.mask_pk}
+            if cfg.mode is Mode.ACTIVE:
+                verify(cfg.verify_keys[p.client_id], p.signature,
+                       keys_signed_bytes(cfg.session_id, p.client_id, p.channel_pk, p.mask_pk))
+            peers[p.client_id] = (p.channel_pk, p.mask_pk)
+        if len(peers) < cfg.threshold:
+            self._abort(f"only {len(peers)} neighbours advertised keys, fewer than threshold t={cfg.threshold}")
+        self._peers = peers
+        self._self_seed = self._randbytes(32)
+        ids = sorted(peers)
+        xs = [v + 1 for v in ids]
+        sk_shares = shamir.split(self._mask.private, threshold=cfg.threshold, xs=xs, randbytes=self._randbytes)
+        b_shares = shamir.split(self._self_seed, threshold=cfg.threshold, xs=xs, randbytes=self._randbytes)
+        out = []
+        for v, sk_share, b_share in zip(ids, sk_shares, b_shares):
+            key = self._share_keys[v] = kex.share_key(self._channel.private, peers[v][0],
+                                                      session_id=cfg.session_id, u=self.id, v=v)
+            plaintext = struct.pack(">II", self.id, v) + sk_share.to_bytes() + b_share.to_bytes()
+            out.append(EncryptedShare(v, aead.seal(key, plaintext, session_id=cfg.session_id,
+                                                   stage=STAGE_SHARES, sender=self.id, receiver=v)))
+        commitment = self_mask_commitment(cfg.session_id, self.id, self._self_seed)
+        return ShareKeys(cfg.session_id, self.id, commitment, tuple(out))
+
+    # ------------------------------------------------------------------ stage 2: masked input
+
+    def _on_shares(self, msg: ForwardedShares) -> MaskedInput:
+        cfg = self.config
+        if self._input is None:
+            raise LocalProtocolError(f"client {self.id}: set_input() before the masked-input stage")
+        held: dict[int, tuple[bytes, bytes]] = {}
+        for s in msg.shares:  # check everything before changing anything
+            if s.peer not in self._peers:
+                raise UnknownClientError(f"client {self.id}: shares from {s.peer}, who did not advertise keys to it")
+            key = self._share_keys[s.peer]
+            plain = aead.open_(key, s.ciphertext, session_id=cfg.session_id, stage=STAGE_SHARES,
+                               sender=s.peer, receiver=self.id)
+            if len(plain) != wire.SHARE_PLAINTEXT_BYTES or struct.unpack_from(">II", plain) != (s.peer, self.id):
+                raise AuthenticationError("share ciphertext failed authentication")
+            sk_share, b_share = plain[8:8 + wire.SHARE_BYTES], plain[8 + wire.SHARE_BYTES:]
+            for raw in (sk_share, b_share):
+                if shamir.Share.from_bytes(raw).x != self.id + 1:
+                    raise AuthenticationError("share ciphertext failed authentication")
+            held[s.peer] = (sk_share, b_share)
+        if len(held) < cfg.threshold:
+            self._abort(f"only {len(held)} neighbours sent shares, fewer than threshold t={cfg.threshold}")
+        self._held = held
+        words = self._input.copy()
+        plus, minus = [self._self_seed], []
+        for v in sorted(held):
+            seed = kex.pairwise_mask_seed(self._mask.private, self._peers[v][1], session_id=cfg.session_id,
+                                          u=self.id, v=v)
+            (plus if mask_sign(self.id, v) > 0 else minus).append(seed)
+        prg.add_masks(words, plus=plus, minus=minus, bits=cfg.bits)
+        self._input = None
+        return MaskedInput(cfg.session_id, self.id, cfg.bits, words)
+
+    # ------------------------------------------------------------------ stage 3: consistency
+
+    def _check_survivors(self, survivors: tuple[int, ...]) -> None:
+        cfg = self.config
+        if self.id not in survivors:
+            raise RefusedRequestError(f"client {self.id} sent its masked input but is not in the survivor list")
+        unknown = set(survivors) - set(cfg.client_ids)
+        if unknown:
+            raise RefusedRequestError(f"client {self.id}: survivor list names clients not in the round: {sorted(unknown)[:10]}")
+        grown = (set(survivors) & self.neighbours) - set(self._held)
+        if grown:
+            raise RefusedRequestError(f"client {self.id}: survivor list is not a subset of the clients that "
+                                      f"shared with it: {sorted(grown)[:10]} were not")
+        if len(survivors) < cfg.min_survivors:
+            raise RefusedRequestError(f"client {self.id}: {len(survivors)} survivors, fewer than "
+                                      f"min_survivors={cfg.min_survivors}")
+
+    def _on_consistency(self, msg: ConsistencyRequest) -> ConsistencySignature:
+        self._check_survivors(msg.survivors)
+        self._survivors = msg.survivors
+        sig = self._signing_key.sign(survivors_signed_bytes(self.config.session_id, msg.survivors))
+        return ConsistencySignature(self.config.session_id, self.id, sig)
+
+    # ------------------------------------------------------------------ stage 4: unmask
+
+    def _on_unmask(self, msg: UnmaskRequest) -> UnmaskResponse:
+        cfg = self.config
+        both = set(msg.survivors) & set(msg.dropped)
+        if both:
+            raise RefusedRequestError(f"client {self.id} refuses to reveal both shares of client(s) {sorted(both)[:10]}")
+        self._check_survivors(msg.survivors)
+        if cfg.mode is Mode.ACTIVE:
+            if msg.survivors != self._survivors:
+                raise RefusedRequestError(f"client {self.id}: survivor list differs from the one it signed")
+            valid = 0
+            signed = survivors_signed_bytes(cfg.session_id, msg.survivors)
+            for s in msg.signatures:
+                if s.client_id not in msg.survivors:
+                    continue
+                try:
+                    verify(cfg.verify_keys[s.client_id], s.signature, signed)
+                except AuthenticationError:
+                    continue
+                valid += 1
+            if valid < cfg.threshold:
+                raise RefusedRequestError(f"client {self.id}: {valid} valid signatures on the survivor list, "
+                                          f"fewer than t={cfg.threshold}")
+        survivors, dropped = set(msg.survivors), set(msg.dropped)
+        out = []
+        for v in sorted(self._held):
+            if v in survivors:
+                out.append(RevealedShare(v, ShareKind.SELF_MASK, self._held[v][1]))
+            elif v in dropped:
+                out.append(RevealedShare(v, ShareKind.MASK_KEY, self._held[v][0]))
+        self._forget()
+        return UnmaskResponse(cfg.session_id, self.id, tuple(out))
+
+
+def check_words(words: np.ndarray, config: RoundConfig, *, what: str) -> np.ndarray:
+    """A contiguous copy of ``words`` after checking length, dtype and range; InputError otherwise."""
+    if not isinstance(words, np.ndarray):
+        raise InputError(f"{what} must be a numpy array, got {type(words).__name__}")
+    if words.ndim != 1 or words.shape[0] != config.dim:
+        raise InputError(f"{what} has shape {words.shape}, expected ({config.dim},)")
+    if words.dtype.kind != "u":
+        raise InputError(f"{what} has dtype {words.dtype}, expected unsigned integer words "
+                         f"({wire.word_dtype(config.bits)})")
+    if words.size and int(words.max()) >= 1 << config.bits:
+        raise InputError(f"{what} holds {int(words.max())}, outside [0, 2**{config.bits})")
+    return np.ascontiguousarray(words, dtype=wire.word_dtype(config.bits)).copy()

@@ -1,0 +1,81 @@
+"""Mask PRG: AES-256-CTR keystream read as little-endian words.
+
+Spec (docs/protocol.md, "Mask PRG"): for a 32-byte seed, the keystream is AES-256 in CTR mode with
+key = seed and an initial 128-bit counter block of zeros, incremented as a big-endian integer
+(NIST SP 800-38A). Word i is the little-endian unsigned integer in keystream bytes
+[w*i, w*(i+1)) where w = 4 for bits <= 32 and w = 8 for 32 < bits <= 62, reduced mod 2**bits.
+
+Masks are added into an accumulator chunk by chunk, so the keystream is written into one reused,
+cache-sized buffer and added in place: no Python loop over coordinates, no d-sized temporaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from ..errors import InputError, LocalProtocolError
+
+SEED_BYTES = 32
+_ZERO_IV = bytes(16)
+#: Words per chunk; 64 KiB of uint32 stays in L2 cache while k+1 masks are added into it.
+CHUNK_WORDS = 1 << 14
+
+
+def word_bytes(bits: int) -> int:
+    """Bytes per PRG word: 4 for bits <= 32, 8 for bits <= 62."""
+    if not 1 <= bits <= 62:
+        raise LocalProtocolError(f"bits must be in [1, 62], got {bits!r}")
+    return 4 if bits <= 32 else 8
+
+
+def _dtype(bits: int) -> np.dtype:
+    return np.dtype("<u4") if word_bytes(bits) == 4 else np.dtype("<u8")
+
+
+def _keystream(seed: bytes):
+    if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
+        raise InputError(f"PRG seed must be {SEED_BYTES} bytes, got {type(seed).__name__} of length "
+                         f"{len(seed) if hasattr(seed, '__len__') else '?'}")
+    return Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_IV)).encryptor()
+
+
+def expand(seed: bytes, dim: int, bits: int) -> np.ndarray:
+    """The first ``dim`` mask words of ``seed``, reduced mod 2**bits (fresh array)."""
+    dtype = _dtype(bits)
+    nbytes = dim * dtype.itemsize
+    enc = _keystream(seed)
+    out = np.frombuffer(bytearray(enc.update(bytes(nbytes)) + enc.finalize()), dtype=dtype).copy()
+    if bits not in (32, 64):
+        out &= dtype.type((1 << bits) - 1)
+    return out
+
+
+def add_masks(acc: np.ndarray, *, plus: Sequence[bytes] = (), minus: Sequence[bytes] = (),
+              bits: int) -> None:
+    """acc += sum(PRG(s) for s in plus) - sum(PRG(s) for s in minus)  (mod 2**bits), in place.
+
+    ``acc`` must be a contiguous array of the word dtype for ``bits``. The result is reduced
+    mod 2**bits; since 2**bits divides the word size, wrapping word arithmetic is exact.
+    """
+    dtype = _dtype(bits)
+    if acc.dtype != dtype or acc.ndim != 1 or not acc.flags.c_contiguous:
+        raise InputError(f"accumulator must be a contiguous 1-D {dtype} array, got {acc.dtype} "
+                         f"with shape {acc.shape}")
+    streams = [(_keystream(s), np.add) for s in plus] + [(_keystream(s), np.subtract) for s in minus]
+    d = acc.shape[0]
+    chunk = min(CHUNK_WORDS, max(d, 1))
+    zeros = bytes(chunk * dtype.itemsize)
+    buf = bytearray(chunk * dtype.itemsize + 15)  # CTR update_into needs block_size - 1 spare bytes
+    words = np.frombuffer(buf, dtype=dtype, count=chunk)
+    for start in range(0, d, chunk):
+        n = min(chunk, d - start)
+        part = acc[start:start + n]
+        src = zeros if n == chunk else zeros[: n * dtype.itemsize]
+        for enc, op in streams:
+            enc.update_into(src, buf)
+            op(part, words[:n], out=part)
+    if bits not in (32, 64):
+        acc &= dtype.type((1 << bits) - 1)

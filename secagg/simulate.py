@@ -1,0 +1,215 @@
+"""In-process driver: n ClientParty objects and one ServerParty, over bytes, with dropouts.
+
+Every message crosses as bytes (``wire.encode`` / ``decode``), exactly as a real transport would
+carry it. A dropout schedule says which clients vanish before which protocol stage; a vanished
+client sends nothing from then on. The result holds what the server learned, who survived each
+stage, what the server received (bytes or SHA-256 digests), and per-stage timings and byte counts.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import wire
+from .client import ClientParty
+from .config import Mode, RoundConfig
+from .errors import AbortedError, ConfigError
+from .hazmat.sign import SigningKey
+from .messages import Message, party_of
+from .server import ServerParty
+
+
+class ProtocolStage(enum.IntEnum):
+    """The stage whose message a client sends: 0 keys, 1 shares, 2 masked input, 3 signature, 4 unmask."""
+
+    KEYS = 0
+    SHARES = 1
+    MASKED_INPUT = 2
+    CONSISTENCY = 3
+    UNMASK = 4
+
+
+class Transcript(enum.Enum):
+    FULL = "full"      # keep every message's bytes
+    DIGEST = "digest"  # keep SHA-256 of each (for audits of big rounds)
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class DropoutSchedule:
+    """``before[s]``: clients that vanish before sending their stage-``s`` message."""
+
+    before: Mapping[ProtocolStage, frozenset[int]] = field(default_factory=dict)
+
+    @classmethod
+    def none(cls) -> "DropoutSchedule":
+        return cls({})
+
+    @classmethod
+    def at(cls, **stages: set[int] | list[int]) -> "DropoutSchedule":
+        """DropoutSchedule.at(MASKED_INPUT={3}, UNMASK={5, 6})"""
+        return cls({ProtocolStage[name]: frozenset(ids) for name, ids in stages.items()})
+
+    @classmethod
+    def random(cls, client_ids, *, fraction: float, rng: np.random.Generator,
+               stages=tuple(ProtocolStage)) -> "DropoutSchedule":
+        """Drop ``fraction`` of the clients in total, each before a stage drawn uniformly from ``stages``."""
+        if not 0 <= fraction < 1:
+            raise ConfigError(f"dropout fraction must be in [0, 1), got {fraction!r}")
+        ids = np.array(sorted(client_ids))
+        gone = rng.choice(ids, size=int(round(fraction * len(ids))), replace=False)
+        when = rng.choice(np.array([int(s) for s in stages]), size=len(gone))
+        before: dict[ProtocolStage, set[int]] = defaultdict(set)
+        for c, s in zip(gone.tolist(), when.tolist()):
+            before[ProtocolStage(s)].add(int(c))
+        return cls({s: frozenset(v) for s, v in before.items()})
+
+    def gone_by(self, stage: ProtocolStage) -> frozenset[int]:
+        """Clients that have vanished by the time stage ``stage`` is sent."""
+        return frozenset().union(*(ids for s, ids in self.before.items() if s <= stage))
+
+
+@dataclass
+class StageStats:
+    client_seconds: float = 0.0   # all clients together
+    server_seconds: float = 0.0
+    upload_bytes: int = 0         # client -> server
+    download_bytes: int = 0       # server -> client
+    messages: int = 0
+
+
+@dataclass
+class SimulationResult:
+    aggregate: np.ndarray | None          # sum mod 2**bits over ``survivors``; None if aborted
+    survivors: tuple[int, ...]
+    stage_survivors: dict[str, tuple[int, ...]]
+    transcript: list[tuple[int, int, bytes]]  # (stage, sender, bytes or digest) the server received
+    stages: dict[ProtocolStage, StageStats]
+    client_seconds: dict[int, float]          # per client, all its stages
+    aborted: AbortedError | None = None
+    masked_input_bytes: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def round_seconds(self) -> float:
+        return sum(s.client_seconds + s.server_seconds for s in self.stages.values())
+
+    @property
+    def server_seconds(self) -> float:
+        return sum(s.server_seconds for s in self.stages.values())
+
+
+InputSource = Mapping[int, np.ndarray] | Callable[[int], np.ndarray]
+
+
+def simulate(config: RoundConfig, inputs: InputSource, *, dropouts: DropoutSchedule | None = None,
+             signing_keys: Mapping[int, SigningKey] | None = None,
+             transcript: Transcript = Transcript.FULL,
+             randbytes: Callable[[int], bytes] | None = None) -> SimulationResult:
+    """Run one round. ``inputs`` maps (or lazily produces) each client's encoded words; a callable
+    is asked only when the client needs its input, so a large round never holds n*d words."""
+    dropouts = dropouts or DropoutSchedule.none()
+    if config.mode is Mode.ACTIVE and signing_keys is None:
+        raise ConfigError("the config has verify_keys (active mode): pass signing_keys")
+    kwargs = {} if randbytes is None else {"randbytes": randbytes}
+    clients = {u: ClientParty(config, u, signing_key=signing_keys[u] if signing_keys else None, **kwargs)
+               for u in config.client_ids}
+    server = ServerParty(config)
+    stats = {s: StageStats() for s in ProtocolStage}
+    per_client: dict[int, float] = defaultdict(float)
+    record: list[tuple[int, int, bytes]] = []
+    upload: dict[int, int] = {}
+    get_input = inputs if callable(inputs) else inputs.__getitem__
+
+    def to_server(stage: ProtocolStage, u: int, msg: Message) -> list[Message]:
+        data = wire.encode(msg)
+        st = stats[stage]
+        st.upload_bytes += len(data)
+        st.messages += 1
+        if stage is ProtocolStage.MASKED_INPUT:
+            upload[u] = len(data)
+        if transcript is Transcript.FULL:
+            record.append((int(stage), u, data))
+        elif transcript is Transcript.DIGEST:
+            record.append((int(stage), u, hashlib.sha256(data).digest()))
+        t0 = time.perf_counter()
+        out = server.receive(data)
+        st.server_seconds += time.perf_counter() - t0
+        return out
+
+    def timed_client(stage: ProtocolStage, u: int, fn) -> Message:
+        t0 = time.perf_counter()
+        msg = fn()
+        dt = time.perf_counter() - t0
+        stats[stage].client_seconds += dt
+        per_client[u] += dt
+        return msg
+
+    def finish(aborted=None) -> SimulationResult:
+        res = server.result
+        return SimulationResult(
+            aggregate=None if res is None else res.aggregate,
+            survivors=() if res is None else res.survivors,
+            stage_survivors=dict(server.stage_survivors), transcript=record, stages=stats,
+            client_seconds=dict(per_client), aborted=aborted, masked_input_bytes=upload)
+
+    try:
+        # stage 0
+        pending: list[Message] = []
+        stage = ProtocolStage.KEYS
+        for u in config.client_ids:
+            if u in dropouts.gone_by(stage):
+                continue
+            msg = timed_client(stage, u, clients[u].start)
+            pending += to_server(stage, u, msg)
+        while server.result is None:
+            if not pending:
+                t0 = time.perf_counter()
+                pending = server.close_stage()
+                stats[stage].server_seconds += time.perf_counter() - t0
+                if server.result is not None:
+                    break
+            # deliver the server's messages; their replies belong to the next stage
+            stage = _reply_stage(pending[0], config)
+            outgoing, pending = pending, []
+            gone = dropouts.gone_by(stage)
+            for m in outgoing:
+                u = party_of(m)
+                data = wire.encode(m)
+                stats[stage].download_bytes += len(data)
+                if u in gone:
+                    continue
+                c = clients[u]
+                if stage is ProtocolStage.MASKED_INPUT:
+                    c.set_input(get_input(u))
+                try:
+                    reply = timed_client(stage, u, lambda c=c, data=data: c.receive(data))
+                except AbortedError:
+                    continue  # this client gave up (e.g. too few neighbours): to the server, a dropout
+                pending += to_server(stage, u, reply)
+    except AbortedError as e:
+        return finish(aborted=e)
+    return finish()
+
+
+def _reply_stage(server_msg: Message, config: RoundConfig) -> ProtocolStage:
+    from .messages import ConsistencyRequest, ForwardedShares, KeysBroadcast, UnmaskRequest
+    return {KeysBroadcast: ProtocolStage.SHARES, ForwardedShares: ProtocolStage.MASKED_INPUT,
+            ConsistencyRequest: ProtocolStage.CONSISTENCY, UnmaskRequest: ProtocolStage.UNMASK}[type(server_msg)]
+
+
+def plain_sum(inputs: Mapping[int, np.ndarray], ids, bits: int) -> np.ndarray:
+    """The reference: sum of the given clients' words mod 2**bits, computed in the clear."""
+    dtype = wire.word_dtype(bits)
+    total = np.zeros_like(next(iter(inputs.values())), dtype=dtype)
+    for u in ids:
+        np.add(total, inputs[u].astype(dtype), out=total)
+    if bits not in (32, 64):
+        total &= dtype.type((1 << bits) - 1)
+    return total

@@ -1,0 +1,249 @@
+"""The one versioned byte encoding of every message (docs/protocol.md, "Wire format").
+
+Layout: magic b"SA" | version (1 byte) | type (1 byte) | session id (32) | party id (u32 BE) | body.
+Integers are big-endian; id lists are strictly increasing (sorted, no duplicates); masked words
+are bit-packed little-endian at exactly ``bits`` bits per word. Decoding checks every length,
+count and range before it allocates, and raises ``DecodeError`` naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from .errors import DecodeError, InputError
+from .messages import (AdvertiseKeys, ConsistencyRequest, ConsistencySignature, EncryptedShare,
+                       ForwardedShares, KeysBroadcast, MaskedInput, Message, MessageType, PeerKeys,
+                       RevealedShare, ShareKeys, ShareKind, SignedBy, UnmaskRequest, UnmaskResponse)
+
+MAGIC = b"SA"
+VERSION = 1
+HEADER = struct.Struct(">2sBB32sI")
+KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+SHARE_BYTES = 37                       # shamir.Share.to_bytes(): x (4) | y (33)
+SHARE_PLAINTEXT_BYTES = 8 + 2 * SHARE_BYTES  # sender | receiver | share of s^SK | share of b
+CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + 16  # + AES-GCM tag
+COMMITMENT_BYTES = 32
+MAX_ID = 2**32 - 2
+MAX_DIM = 2**32 - 1
+
+
+# ---------------------------------------------------------------- bit packing of words
+
+def word_dtype(bits: int) -> np.dtype:
+    if not 1 <= bits <= 62:
+        raise InputError(f"bits must be in [1, 62], got {bits!r}")
+    return np.dtype("<u4") if bits <= 32 else np.dtype("<u8")
+
+
+def packed_size(dim: int, bits: int) -> int:
+    return (dim * bits + 7) // 8
+
+
+_PACK_CHUNK = 1 << 16  # words; a multiple of 8, so every chunk ends on a byte boundary
+
+
+def pack_words(words: np.ndarray, bits: int) -> bytes:
+    """Words in [0, 2**bits) -> ceil(d*bits/8) bytes, little-endian bit order."""
+    dtype = word_dtype(bits)
+    words = np.ascontiguousarray(words, dtype=dtype)
+    if bits in (8, 16, 32):
+        return words.astype(f"<u{bits // 8}", copy=False).tobytes()
+    out = bytearray()
+    for s in range(0, len(words), _PACK_CHUNK):
+        chunk = words[s:s + _PACK_CHUNK].view(np.uint8).reshape(-1, dtype.itemsize)
+        bitmat = np.unpackbits(chunk, axis=1, bitorder="little")[:, :bits]
+        out += np.packbits(bitmat.reshape(-1), bitorder="little").tobytes()
+    return bytes(out)
+
+
+def unpack_words(data: bytes | memoryview, dim: int, bits: int) -> np.ndarray:
+    dtype = word_dtype(bits)
+    if len(data) != packed_size(dim, bits):
+        raise DecodeError(f"masked input has {len(data)} bytes, expected {packed_size(dim, bits)} "
+                          f"for dim={dim} at {bits} bits")
+    if bits in (8, 16, 32):
+        return np.frombuffer(data, dtype=f"<u{bits // 8}").astype(dtype)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    out = np.empty(dim, dtype=dtype)
+    step = _PACK_CHUNK * bits // 8
+    for i, s in enumerate(range(0, dim, _PACK_CHUNK)):
+        n = min(_PACK_CHUNK, dim - s)
+        bitvec = np.unpackbits(raw[i * step:i * step + (n * bits + 7) // 8], bitorder="little",
+                               count=n * bits).reshape(n, bits)
+        full = np.zeros((n, dtype.itemsize * 8), dtype=np.uint8)
+        full[:, :bits] = bitvec
+        out[s:s + n] = np.packbits(full, axis=1, bitorder="little").view(dtype).reshape(n)
+    return out
+
+
+# ---------------------------------------------------------------- encoding
+
+def _ids(ids) -> bytes:
+    return struct.pack(f">I{len(ids)}I", len(ids), *ids)
+
+
+def _party(msg: Message) -> int:
+    return msg.sender if hasattr(msg, "sender") else msg.receiver
+
+
+def encode(msg: Message) -> bytes:
+    """The bytes of ``msg``; the inverse of :func:`decode`."""
+    t = msg.type
+    head = HEADER.pack(MAGIC, VERSION, int(t), msg.session_id, _party(msg))
+    if t is MessageType.ADVERTISE_KEYS:
+        body = msg.channel_pk + msg.mask_pk + bytes([len(msg.signature)]) + msg.signature
+    elif t is MessageType.KEYS_BROADCAST:
+        body = struct.pack(">I", len(msg.peers)) + b"".join(
+            struct.pack(">I", p.client_id) + p.channel_pk + p.mask_pk + bytes([len(p.signature)]) + p.signature
+            for p in msg.peers)
+    elif t in (MessageType.SHARE_KEYS, MessageType.FORWARDED_SHARES):
+        body = msg.self_mask_commitment if t is MessageType.SHARE_KEYS else b""
+        body += struct.pack(">I", len(msg.shares)) + b"".join(
+            struct.pack(">I", s.peer) + s.ciphertext for s in msg.shares)
+    elif t is MessageType.MASKED_INPUT:
+        body = struct.pack(">BI", msg.bits, len(msg.words)) + pack_words(msg.words, msg.bits)
+    elif t is MessageType.CONSISTENCY_REQUEST:
+        body = _ids(msg.survivors)
+    elif t is MessageType.CONSISTENCY_SIGNATURE:
+        body = msg.signature
+    elif t is MessageType.UNMASK_REQUEST:
+        body = _ids(msg.survivors) + _ids(msg.dropped) + struct.pack(">I", len(msg.signatures)) + b"".join(
+            struct.pack(">I", s.client_id) + s.signature for s in msg.signatures)
+    elif t is MessageType.UNMASK_RESPONSE:
+        body = struct.pack(">I", len(msg.shares)) + b"".join(
+            struct.pack(">IB", s.owner, int(s.kind)) + s.share for s in msg.shares)
+    else:  # pragma: no cover - MessageType is closed
+        raise InputError(f"unknown message type {t!r}")
+    return head + body
+
+
+# ---------------------------------------------------------------- decoding
+
+class _Reader:
+    def __init__(self, data: bytes, what: str):
+        self.data, self.pos, self.what = memoryview(data), 0, what
+
+    def take(self, n: int, field: str) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise DecodeError(f"{self.what}: truncated at {field} (need {n} bytes at offset {self.pos}, "
+                              f"have {len(self.data) - self.pos})")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return bytes(out)
+
+    def u8(self, field: str) -> int:
+        return self.take(1, field)[0]
+
+    def u32(self, field: str) -> int:
+        return struct.unpack(">I", self.take(4, field))[0]
+
+    def count(self, field: str, item_bytes: int) -> int:
+        n = self.u32(field)
+        if n * item_bytes > len(self.data) - self.pos:
+            raise DecodeError(f"{self.what}: {field}={n} items cannot fit in the remaining "
+                              f"{len(self.data) - self.pos} bytes")
+        return n
+
+    def client_id(self, field: str) -> int:
+        v = self.u32(field)
+        if v > MAX_ID:
+            raise DecodeError(f"{self.what}: {field}={v} is not a valid client id")
+        return v
+
+    def id_list(self, field: str) -> tuple[int, ...]:
+        n = self.count(field, 4)
+        ids = struct.unpack(f">{n}I", self.take(4 * n, field))
+        _check_increasing(ids, self.what, field)
+        if ids and ids[-1] > MAX_ID:
+            raise DecodeError(f"{self.what}: {field} holds invalid client id {ids[-1]}")
+        return ids
+
+    def signature(self, field: str, *, optional: bool) -> bytes:
+        n = self.u8(field + " length")
+        if n not in ((0, SIGNATURE_BYTES) if optional else (SIGNATURE_BYTES,)):
+            raise DecodeError(f"{self.what}: {field} length {n} is not {SIGNATURE_BYTES}")
+        return self.take(n, field)
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise DecodeError(f"{self.what}: {len(self.data) - self.pos} trailing bytes")
+
+
+def _check_increasing(ids, what: str, field: str) -> None:
+    for a, b in zip(ids, ids[1:]):
+        if b <= a:
+            raise DecodeError(f"{what}: {field} must be strictly increasing (sorted, no duplicates); "
+                              f"{b} follows {a}")
+
+
+def decode(data: bytes) -> Message:
+    """Parse bytes into a message, or raise DecodeError. Never returns a partly checked message."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}")
+    if len(data) < HEADER.size:
+        raise DecodeError(f"message of {len(data)} bytes is shorter than the {HEADER.size}-byte header")
+    magic, version, type_byte, session, party = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise DecodeError(f"bad magic {magic!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise DecodeError(f"unsupported wire version {version}, this library speaks {VERSION}")
+    try:
+        t = MessageType(type_byte)
+    except ValueError:
+        raise DecodeError(f"unknown message type {type_byte}") from None
+    if party > MAX_ID:
+        raise DecodeError(f"party id {party} is not a valid client id")
+    r = _Reader(bytes(data), t.name)
+    r.pos = HEADER.size
+    if t is MessageType.ADVERTISE_KEYS:
+        c, s = r.take(KEY_BYTES, "channel_pk"), r.take(KEY_BYTES, "mask_pk")
+        msg = AdvertiseKeys(session, party, c, s, r.signature("signature", optional=True))
+    elif t is MessageType.KEYS_BROADCAST:
+        n = r.count("peer count", 4 + 2 * KEY_BYTES + 1)
+        peers = tuple(PeerKeys(r.client_id("peer id"), r.take(KEY_BYTES, "channel_pk"),
+                               r.take(KEY_BYTES, "mask_pk"), r.signature("signature", optional=True))
+                      for _ in range(n))
+        _check_increasing([p.client_id for p in peers], t.name, "peer ids")
+        msg = KeysBroadcast(session, party, peers)
+    elif t in (MessageType.SHARE_KEYS, MessageType.FORWARDED_SHARES):
+        commitment = r.take(COMMITMENT_BYTES, "commitment") if t is MessageType.SHARE_KEYS else None
+        n = r.count("share count", 4 + CIPHERTEXT_BYTES)
+        shares = tuple(EncryptedShare(r.client_id("peer id"), r.take(CIPHERTEXT_BYTES, "ciphertext"))
+                       for _ in range(n))
+        _check_increasing([s.peer for s in shares], t.name, "peer ids")
+        msg = (ShareKeys(session, party, commitment, shares) if commitment is not None
+               else ForwardedShares(session, party, shares))
+    elif t is MessageType.MASKED_INPUT:
+        bits, dim = r.u8("bits"), r.u32("dim")
+        if not 1 <= bits <= 62 or dim < 1:
+            raise DecodeError(f"MASKED_INPUT: bits={bits} or dim={dim} out of range")
+        if packed_size(dim, bits) != len(data) - r.pos:
+            raise DecodeError(f"MASKED_INPUT: {len(data) - r.pos} payload bytes, expected "
+                              f"{packed_size(dim, bits)} for dim={dim} at {bits} bits")
+        words = unpack_words(r.take(packed_size(dim, bits), "words"), dim, bits)
+        msg = MaskedInput(session, party, bits, words)
+    elif t is MessageType.CONSISTENCY_REQUEST:
+        msg = ConsistencyRequest(session, party, r.id_list("survivors"))
+    elif t is MessageType.CONSISTENCY_SIGNATURE:
+        msg = ConsistencySignature(session, party, r.take(SIGNATURE_BYTES, "signature"))
+    elif t is MessageType.UNMASK_REQUEST:
+        survivors, dropped = r.id_list("survivors"), r.id_list("dropped")
+        n = r.count("signature count", 4 + SIGNATURE_BYTES)
+        sigs = tuple(SignedBy(r.client_id("signer"), r.take(SIGNATURE_BYTES, "signature")) for _ in range(n))
+        _check_increasing([s.client_id for s in sigs], t.name, "signers")
+        msg = UnmaskRequest(session, party, survivors, dropped, sigs)
+    else:  # UNMASK_RESPONSE
+        n = r.count("share count", 5 + SHARE_BYTES)
+        shares = []
+        for _ in range(n):
+            owner, kind = r.client_id("owner"), r.u8("kind")
+            if kind not in (1, 2):
+                raise DecodeError(f"UNMASK_RESPONSE: unknown share kind {kind}")
+            shares.append(RevealedShare(owner, ShareKind(kind), r.take(SHARE_BYTES, "share")))
+        _check_increasing([s.owner for s in shares], t.name, "owners")
+        msg = UnmaskResponse(session, party, tuple(shares))
+    r.end()
+    return msg
