@@ -26,9 +26,11 @@ Two kinds (``AccountantKind``):
     Steinke (NeurIPS 2020, Prop. 12): eps = rdp + log((a-1)/a) - (log delta + log a)/(a-1),
     minimised over the orders a.
 - PRV: Opacus's PRVAccountant (Gopi, Lee, Wutschitz, NeurIPS 2021) for Gaussian and
-  Poisson-sampled Gaussian events, numerically tight. Opacus is imported lazily, only on this
-  path. A history with a DDG event has no PRV here: the PRV accountant then reports the RDP
-  result and says so (``EpsilonResult.note``).
+  Poisson-sampled Gaussian events, numerically tight; its upper bound (estimate + 0.01 in
+  epsilon) is reported, or the RDP bound when that is smaller (both are upper bounds, and for
+  tiny epsilons the PRV discretisation slack can exceed RDP's). Opacus is imported lazily, only
+  on this path. A history with a DDG event has no PRV here: the PRV accountant then reports the
+  RDP result and says so (``EpsilonResult.note``).
 """
 
 from __future__ import annotations

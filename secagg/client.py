@@ -163,6 +163,7 @@ class ClientParty:
         if len(peers) < cfg.threshold:
             self._abort(f"only {len(peers)} neighbours advertised keys, fewer than threshold t={cfg.threshold}")
         self._peers = peers
+        channel_sk = kex.private_key(self._channel.private)
         self._self_seed = self._randbytes(32)
         ids = sorted(peers)
         xs = [v + 1 for v in ids]
@@ -170,7 +171,7 @@ class ClientParty:
         b_shares = shamir.split(self._self_seed, threshold=cfg.threshold, xs=xs, randbytes=self._randbytes)
         out = []
         for v, sk_share, b_share in zip(ids, sk_shares, b_shares):
-            key = self._share_keys[v] = kex.share_key(self._channel.private, peers[v][0],
+            key = self._share_keys[v] = kex.share_key(channel_sk, peers[v][0],
                                                       session_id=cfg.session_id, u=self.id, v=v)
             plaintext = struct.pack(">II", self.id, v) + sk_share.to_bytes() + b_share.to_bytes()
             out.append(EncryptedShare(v, aead.seal(key, plaintext, session_id=cfg.session_id,
@@ -201,14 +202,14 @@ class ClientParty:
         if len(held) < cfg.threshold:
             self._abort(f"only {len(held)} neighbours sent shares, fewer than threshold t={cfg.threshold}")
         self._held = held
-        words = self._input.copy()
+        words, self._input = self._input, None  # our own copy (set_input): mask it in place
         plus, minus = [self._self_seed], []
+        mask_sk = kex.private_key(self._mask.private)
         for v in sorted(held):
-            seed = kex.pairwise_mask_seed(self._mask.private, self._peers[v][1], session_id=cfg.session_id,
+            seed = kex.pairwise_mask_seed(mask_sk, self._peers[v][1], session_id=cfg.session_id,
                                           u=self.id, v=v)
             (plus if mask_sign(self.id, v) > 0 else minus).append(seed)
         prg.add_masks(words, plus=plus, minus=minus, bits=cfg.bits)
-        self._input = None
         return MaskedInput(cfg.session_id, self.id, cfg.bits, words)
 
     # ------------------------------------------------------------------ stage 3: consistency

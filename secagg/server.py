@@ -193,7 +193,7 @@ class ServerParty:
         if words.dtype != wire.word_dtype(cfg.bits):
             raise RemoteProtocolError(f"server: client {msg.sender} sent dtype {words.dtype}, expected "
                                       f"{wire.word_dtype(cfg.bits)}")
-        if int(words.max()) >= 1 << cfg.bits:
+        if cfg.bits != 8 * words.dtype.itemsize and int(words.max()) >= 1 << cfg.bits:
             raise RemoteProtocolError(f"server: client {msg.sender} sent a word >= 2**{cfg.bits}")
         if self._sum is None:
             self._sum = np.zeros(cfg.dim, dtype=wire.word_dtype(cfg.bits))
@@ -254,14 +254,15 @@ class ServerParty:
             self._revealed.setdefault((owner, kind), []).append(share)
 
     def _reconstruct(self, owner: int, kind: ShareKind, check) -> tuple[bytes, set[int]]:
-        """The secret of ``owner`` from revealed shares; check(secret) says if it is authentic.
-        With more than t shares, forged ones are outvoted by trying t-subsets."""
+        """The secret of ``owner`` from revealed shares; check(secret) says if it is authentic
+        (commitment to b, or the advertised public key for s^SK). If the first t shares fail the
+        check and more than t exist, t-subsets are tried and the forged shares identified."""
         t = self.config.threshold
         shares = sorted(self._revealed.get((owner, kind), []), key=lambda s: s.x)
         if len(shares) < t:
             raise AbortedError(f"only {len(shares)} shares of client {owner}'s {kind.name}, fewer than t={t}")
-        try:
-            secret = shamir.reconstruct(shares, threshold=t)
+        try:  # the common case: the first t shares are authentic (checked by the commitment)
+            secret = shamir.reconstruct(shares[:t], threshold=t)
             if check(secret):
                 return secret, set()
         except ShamirError:
@@ -301,6 +302,7 @@ class ServerParty:
             sk, bad = self._reconstruct(v, ShareKind.MASK_KEY,
                                         lambda s, pk=mask_pk: kex.public_from_private(s) == pk)
             forged |= bad
+            sk = kex.private_key(sk)
             for u in cfg.neighbours(v):
                 if u not in alive:
                     continue

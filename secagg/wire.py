@@ -64,7 +64,9 @@ def unpack_words(data: bytes | memoryview, dim: int, bits: int) -> np.ndarray:
     if len(data) != packed_size(dim, bits):
         raise DecodeError(f"masked input has {len(data)} bytes, expected {packed_size(dim, bits)} "
                           f"for dim={dim} at {bits} bits")
-    if bits in (8, 16, 32):
+    if bits == 32:
+        return np.frombuffer(data, dtype=dtype)  # zero-copy, read-only view
+    if bits in (8, 16):
         return np.frombuffer(data, dtype=f"<u{bits // 8}").astype(dtype)
     raw = np.frombuffer(data, dtype=np.uint8)
     out = np.empty(dim, dtype=dtype)
@@ -123,16 +125,19 @@ def encode(msg: Message) -> bytes:
 # ---------------------------------------------------------------- decoding
 
 class _Reader:
-    def __init__(self, data: bytes, what: str):
-        self.data, self.pos, self.what = memoryview(data), 0, what
+    def __init__(self, data: bytes | bytearray | memoryview, what: str):
+        self.data, self.pos, self.what = memoryview(data).cast("B"), 0, what
 
-    def take(self, n: int, field: str) -> bytes:
+    def view(self, n: int, field: str) -> memoryview:
         if n < 0 or self.pos + n > len(self.data):
             raise DecodeError(f"{self.what}: truncated at {field} (need {n} bytes at offset {self.pos}, "
                               f"have {len(self.data) - self.pos})")
         out = self.data[self.pos:self.pos + n]
         self.pos += n
-        return bytes(out)
+        return out
+
+    def take(self, n: int, field: str) -> bytes:
+        return bytes(self.view(n, field))
 
     def u8(self, field: str) -> int:
         return self.take(1, field)[0]
@@ -196,7 +201,7 @@ def decode(data: bytes) -> Message:
         raise DecodeError(f"unknown message type {type_byte}") from None
     if party > MAX_ID:
         raise DecodeError(f"party id {party} is not a valid client id")
-    r = _Reader(bytes(data), t.name)
+    r = _Reader(data, t.name)
     r.pos = HEADER.size
     if t is MessageType.ADVERTISE_KEYS:
         c, s = r.take(KEY_BYTES, "channel_pk"), r.take(KEY_BYTES, "mask_pk")
@@ -223,7 +228,7 @@ def decode(data: bytes) -> Message:
         if packed_size(dim, bits) != len(data) - r.pos:
             raise DecodeError(f"MASKED_INPUT: {len(data) - r.pos} payload bytes, expected "
                               f"{packed_size(dim, bits)} for dim={dim} at {bits} bits")
-        words = unpack_words(r.take(packed_size(dim, bits), "words"), dim, bits)
+        words = unpack_words(r.view(packed_size(dim, bits), "words"), dim, bits)
         msg = MaskedInput(session, party, bits, words)
     elif t is MessageType.CONSISTENCY_REQUEST:
         msg = ConsistencyRequest(session, party, r.id_list("survivors"))

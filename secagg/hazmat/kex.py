@@ -44,12 +44,20 @@ def public_from_private(private: bytes) -> bytes:
     return KeyPair.from_private(private).public
 
 
-def agree(private: bytes, peer_public: bytes) -> bytes:
+PrivateKey = bytes | X25519PrivateKey
+
+
+def private_key(private: PrivateKey) -> X25519PrivateKey:
+    """Parse once and reuse: parsing costs as much as one agreement."""
+    return private if isinstance(private, X25519PrivateKey) else X25519PrivateKey.from_private_bytes(private)
+
+
+def agree(private: PrivateKey, peer_public: bytes) -> bytes:
     """Raw X25519 shared secret. A low-order peer key is an AuthenticationError."""
     if len(peer_public) != KEY_BYTES:
         raise AuthenticationError("peer public key has the wrong length")
     try:
-        return X25519PrivateKey.from_private_bytes(private).exchange(
+        return private_key(private).exchange(
             X25519PublicKey.from_public_bytes(peer_public))
     except ValueError:  # all-zero shared secret: a small-order point
         raise AuthenticationError("key agreement failed") from None
@@ -68,13 +76,13 @@ def pair_context(u: int, v: int) -> bytes:
     return a.to_bytes(4, "big") + b.to_bytes(4, "big")
 
 
-def pairwise_mask_seed(private: bytes, peer_public: bytes, *, session_id: bytes, u: int, v: int) -> bytes:
+def pairwise_mask_seed(private: PrivateKey, peer_public: bytes, *, session_id: bytes, u: int, v: int) -> bytes:
     """s_uv = HKDF(X25519(s_u, s_v), salt=session, info=label || min(u,v) || max(u,v))."""
     return derive(agree(private, peer_public), session_id=session_id, label=LABEL_PAIRWISE_MASK,
                   context=pair_context(u, v))
 
 
-def share_key(private: bytes, peer_public: bytes, *, session_id: bytes, u: int, v: int) -> bytes:
+def share_key(private: PrivateKey, peer_public: bytes, *, session_id: bytes, u: int, v: int) -> bytes:
     """AEAD key for the shares u and v exchange: HKDF(X25519(c_u, c_v), ...)."""
     return derive(agree(private, peer_public), session_id=session_id, label=LABEL_SHARE_AEAD,
                   context=pair_context(u, v))

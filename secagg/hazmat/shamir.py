@@ -158,19 +158,33 @@ def _batch_inverse(values: Sequence[int]) -> list[int]:
     return out
 
 
-@functools.lru_cache(maxsize=4096)
-def _lagrange_at(xs: tuple[int, ...], point: int) -> tuple[int, ...]:
-    """l_i(point) = prod_{j != i} (point - x_j) / (x_i - x_j) mod PRIME, for distinct xs."""
-    nums, dens = [], []
+@functools.lru_cache(maxsize=256)
+def _barycentric_weights(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """w_i = 1 / prod_{j != i} (x_i - x_j) mod PRIME: O(t^2) once per holder set."""
+    dens = []
     for i, xi in enumerate(xs):
-        num = den = 1
+        den = 1
         for j, xj in enumerate(xs):
             if j != i:
-                num = num * (point - xj) % PRIME
                 den = den * (xi - xj) % PRIME
-        nums.append(num)
         dens.append(den)
-    return tuple(n * d % PRIME for n, d in zip(nums, _batch_inverse(dens)))
+    return tuple(_batch_inverse(dens))
+
+
+@functools.lru_cache(maxsize=1024)
+def _lagrange_at(xs: tuple[int, ...], point: int) -> tuple[int, ...]:
+    """l_i(point) = prod_{j != i} (point - x_j) / (x_i - x_j) mod PRIME, for distinct xs.
+
+    Barycentric form (Berrut & Trefethen, SIAM Review 2004): l_i(p) = L(p) w_i / (p - x_i) with
+    L(p) = prod_j (p - x_j), so each new point costs O(t) once the weights of the set are known.
+    ``point`` must not be one of the xs.
+    """
+    diffs = [(point - x) % PRIME for x in xs]
+    whole = 1
+    for d in diffs:
+        whole = whole * d % PRIME
+    return tuple(whole * w % PRIME * inv % PRIME
+                 for w, inv in zip(_barycentric_weights(xs), _batch_inverse(diffs)))
 
 
 def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
@@ -191,7 +205,14 @@ def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
 
 
 lagrange_at_zero.cache_info = _lagrange_at.cache_info  # type: ignore[attr-defined]
-lagrange_at_zero.cache_clear = _lagrange_at.cache_clear  # type: ignore[attr-defined]
+
+
+def _cache_clear() -> None:
+    _lagrange_at.cache_clear()
+    _barycentric_weights.cache_clear()
+
+
+lagrange_at_zero.cache_clear = _cache_clear  # type: ignore[attr-defined]
 
 
 def reconstruct(shares: Sequence[Share], *, threshold: int) -> bytes:

@@ -1,0 +1,5 @@
+"""``python -m dp``: see ``dp.cli``."""
+
+from dp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,219 @@
+"""Calibration: the least noise that meets a target (epsilon, delta).
+
+Both searches keep the invariant eps(hi) <= target < eps(lo) and bisect until hi - lo <= rtol*hi,
+then return ``hi``: the answer always meets the target, and anything below ``lo`` (at least 1 -
+rtol of it) does not (epsilon is non-increasing in the noise).
+
+The DDG helpers fix the one sensitivity definition the distributed mechanism and the accountant
+share: ``ddg_l2_sensitivity`` bounds the L2 norm of one client's integer vector after clipping to
+``l2_clip``, scaling by ``scale`` (integer units per real unit, 1/gamma in the paper), rotating
+(orthogonal, so the norm is unchanged; ``dim`` is the padded length) and conditional randomized
+rounding with parameter ``beta`` (Kairouz, Liu, Steinke 2021, Sec. 4: the client re-rounds
+until the norm bound below holds, so the bound is hard).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable
+
+from dp.accounting import Accountant, AccountantKind, _coerce_kind
+from dp.errors import DPConfigError
+from dp.events import (
+    DistributedDiscreteGaussianEvent,
+    DPEvent,
+    GaussianEvent,
+    PoissonSampledEvent,
+    UnitOfPrivacy,
+    check_count,
+    check_delta,
+    check_positive,
+    check_sampling_rate,
+)
+
+__all__ = [
+    "DEFAULT_BETA",
+    "calibrate_noise_multiplier",
+    "calibrate_ddg",
+    "ddg_l2_sensitivity",
+    "make_ddg_event",
+]
+
+# The conditional-rounding parameter of the DDG paper's experiments (and TFF's default).
+DEFAULT_BETA = math.exp(-0.5)
+
+_Z_MIN, _Z_MAX = 1e-2, 1e4
+_DDG_SIGMA_MIN = 0.5  # KLS 2021 Prop. 14 needs a per-client parameter >= 1/2
+_DDG_SIGMA_MAX = 1e12
+
+
+def _check_rtol(rtol: float) -> float:
+    rtol = check_positive("rtol", rtol)
+    if rtol >= 0.5:
+        raise DPConfigError(f"rtol must be < 0.5, got {rtol!r}")
+    return rtol
+
+
+def _smallest_meeting(
+    eps_of: Callable[[float], float], target: float, lo: float, hi: float, rtol: float
+) -> float:
+    """Bisection for the smallest x in [lo, hi] with eps_of(x) <= target (eps_of decreasing)."""
+    while (hi - lo) > rtol * hi:
+        mid = 0.5 * (lo + hi)
+        if eps_of(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def calibrate_noise_multiplier(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sampling_rate: float,
+    steps: int,
+    accountant: AccountantKind | str = AccountantKind.RDP,
+    rtol: float = 1e-4,
+) -> float:
+    """Smallest noise multiplier z with epsilon(q, z, steps, delta) <= target_epsilon (to rtol)."""
+    target = check_positive("target_epsilon", target_epsilon)
+    delta = check_delta(delta)
+    q = check_sampling_rate(sampling_rate)
+    steps = check_count(steps, "steps")
+    kind = _coerce_kind(accountant)
+    rtol = _check_rtol(rtol)
+
+    def eps_of(z: float) -> float:
+        acc = Accountant(kind)
+        acc.compose(PoissonSampledEvent(q, GaussianEvent(z)), count=steps)
+        return acc.get_epsilon(delta)
+
+    if kind is AccountantKind.PRV:
+        # The PRV accountant never reports more than RDP, so the RDP answer meets the target
+        # and brackets the search from above; step down from it in small factors.
+        hi = calibrate_noise_multiplier(
+            target_epsilon=target, delta=delta, sampling_rate=q, steps=steps, rtol=rtol
+        )
+        lo = 0.9 * hi
+        while eps_of(lo) <= target:
+            hi, lo = lo, 0.9 * lo
+            if lo < _Z_MIN:
+                break
+        else:
+            return _smallest_meeting(eps_of, target, lo, hi, rtol)
+    hi = 1.0
+    while eps_of(hi) > target:
+        hi *= 2.0
+        if hi > _Z_MAX:
+            raise DPConfigError(
+                f"target_epsilon={target_epsilon!r} at delta={delta!r} needs a noise multiplier "
+                f"above {_Z_MAX:g} (sampling_rate={q!r}, steps={steps!r})"
+            )
+    lo = hi / 2.0
+    while eps_of(lo) <= target:
+        hi, lo = lo, lo / 2.0
+        if lo < _Z_MIN:
+            raise DPConfigError(
+                f"target_epsilon={target_epsilon!r} is met by every noise multiplier down to "
+                f"{_Z_MIN:g} (delta={delta!r}, sampling_rate={q!r}, steps={steps!r}); "
+                "calibration below that is not supported"
+            )
+    return _smallest_meeting(eps_of, target, lo, hi, rtol)
+
+
+def ddg_l2_sensitivity(*, l2_clip: float, scale: float, dim: int, beta: float = DEFAULT_BETA) -> float:
+    """Bound Delta_2 on the L2 norm of one client's scaled, rotated, rounded integer vector.
+
+    With c = l2_clip * scale: rounding moves each coordinate by less than 1, so c + sqrt(dim)
+    always holds; with beta > 0 the conditional rounding of KLS 2021 (Sec. 4) guarantees
+    sqrt(c^2 + dim/4 + sqrt(2 log(1/beta)) * (c + sqrt(dim)/2)). We take the smaller one.
+    """
+    c = check_positive("l2_clip", l2_clip) * check_positive("scale", scale)
+    d = check_count(dim, "dim")
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0.0 <= beta < 1.0:
+        raise DPConfigError(f"beta must be in [0, 1), got {beta!r}")
+    beta = float(beta)
+    plain = c + math.sqrt(d)
+    if beta == 0.0:
+        return plain
+    conditional = math.sqrt(
+        c * c + d / 4.0 + math.sqrt(2.0 * math.log(1.0 / beta)) * (c + math.sqrt(d) / 2.0)
+    )
+    return min(plain, conditional)
+
+
+def make_ddg_event(
+    *,
+    l2_clip: float,
+    scale: float,
+    dim: int,
+    num_clients: int,
+    client_sigma: float,
+    beta: float = DEFAULT_BETA,
+) -> DistributedDiscreteGaussianEvent:
+    """The DDG event of one round: ``client_sigma`` per client, summed over ``num_clients``."""
+    n = check_count(num_clients, "num_clients")
+    s = check_positive("client_sigma", client_sigma)
+    return DistributedDiscreteGaussianEvent(
+        l2_sensitivity=ddg_l2_sensitivity(l2_clip=l2_clip, scale=scale, dim=dim, beta=beta),
+        sigma=s * math.sqrt(n),
+        dim=dim,
+        num_clients=n,
+    )
+
+
+def calibrate_ddg(
+    *,
+    target_epsilon: float,
+    delta: float,
+    l2_clip: float,
+    scale: float,
+    dim: int,
+    num_clients: int,
+    beta: float = DEFAULT_BETA,
+    sampling_rate: float = 1.0,
+    steps: int = 1,
+    rtol: float = 1e-4,
+) -> float:
+    """Per-client discrete Gaussian parameter (integer units) meeting (target_epsilon, delta).
+
+    ``num_clients`` is the smallest number of noisy shares in any released sum (secagg's
+    ``min_survivors``), ``steps`` the number of rounds, ``sampling_rate`` the Poisson rate at
+    which clients join a round (1 = every round has them all; then no amplification is
+    claimed). Accounted with RDP (the only DDG analysis here); unit of privacy: one client.
+    The answer is at least 0.5, the smallest parameter the DDG analysis covers.
+    """
+    target = check_positive("target_epsilon", target_epsilon)
+    delta = check_delta(delta)
+    q = check_sampling_rate(sampling_rate)
+    steps = check_count(steps, "steps")
+    rtol = _check_rtol(rtol)
+    n = check_count(num_clients, "num_clients")
+    make_ddg_event(  # validates l2_clip, scale, dim, beta before the search
+        l2_clip=l2_clip, scale=scale, dim=dim, num_clients=n, client_sigma=1.0, beta=beta
+    )
+
+    def eps_of(client_sigma: float) -> float:
+        event: DPEvent = make_ddg_event(
+            l2_clip=l2_clip, scale=scale, dim=dim, num_clients=n, client_sigma=client_sigma, beta=beta
+        )
+        if q < 1.0:
+            event = PoissonSampledEvent(q, event)
+        acc = Accountant(AccountantKind.RDP, unit=UnitOfPrivacy.CLIENT)
+        acc.compose(event, count=steps)
+        return acc.get_epsilon(delta)
+
+    lo = _DDG_SIGMA_MIN
+    if eps_of(lo) <= target:
+        return lo
+    hi = 2.0 * lo
+    while eps_of(hi) > target:
+        lo, hi = hi, 2.0 * hi
+        if hi > _DDG_SIGMA_MAX:
+            raise DPConfigError(
+                f"target_epsilon={target_epsilon!r} at delta={delta!r} is out of reach for the "
+                f"DDG with l2_clip={l2_clip!r}, scale={scale!r}, dim={dim!r}, num_clients={n!r}"
+            )
+    return _smallest_meeting(eps_of, target, lo, hi, rtol)
