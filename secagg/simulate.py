@@ -20,7 +20,8 @@ import numpy as np
 from . import wire
 from .client import ClientParty
 from .config import Mode, RoundConfig
-from .errors import AbortedError, ConfigError
+from .encoding import FixedPointEncoding
+from .errors import AbortedError, ConfigError, OverflowRiskError
 from .hazmat.sign import SigningKey
 from .messages import Message, party_of
 from .server import ServerParty
@@ -95,6 +96,7 @@ class SimulationResult:
     client_seconds: dict[int, float]          # per client, all its stages
     aborted: AbortedError | None = None
     masked_input_bytes: dict[int, int] = field(default_factory=dict)
+    decoded: np.ndarray | None = None         # float sum, when an encoding was given
 
     @property
     def round_seconds(self) -> float:
@@ -111,10 +113,18 @@ InputSource = Mapping[int, np.ndarray] | Callable[[int], np.ndarray]
 def simulate(config: RoundConfig, inputs: InputSource, *, dropouts: DropoutSchedule | None = None,
              signing_keys: Mapping[int, SigningKey] | None = None,
              transcript: Transcript = Transcript.FULL,
+             encoding: FixedPointEncoding | None = None,
              randbytes: Callable[[int], bytes] | None = None) -> SimulationResult:
     """Run one round. ``inputs`` maps (or lazily produces) each client's encoded words; a callable
-    is asked only when the client needs its input, so a large round never holds n*d words."""
+    is asked only when the client needs its input, so a large round never holds n*d words.
+    With ``encoding`` (the one the inputs were encoded with) the result also holds the decoded sum."""
     dropouts = dropouts or DropoutSchedule.none()
+    if encoding is not None:
+        if encoding.bits != config.bits:
+            raise ConfigError(f"encoding has bits={encoding.bits}, the round has bits={config.bits}")
+        if encoding.max_clients < config.n:
+            raise OverflowRiskError(f"encoding is safe for max_clients={encoding.max_clients}, but the round has "
+                                    f"n={config.n} clients: their sum could wrap 2^{config.bits}")
     if config.mode is Mode.ACTIVE and signing_keys is None:
         raise ConfigError("the config has verify_keys (active mode): pass signing_keys")
     kwargs = {} if randbytes is None else {"randbytes": randbytes}
@@ -153,7 +163,10 @@ def simulate(config: RoundConfig, inputs: InputSource, *, dropouts: DropoutSched
 
     def finish(aborted=None) -> SimulationResult:
         res = server.result
-        return SimulationResult(
+        decoded = None
+        if res is not None and encoding is not None:
+            decoded = encoding.decode_sum(res.aggregate, count=len(res.survivors))
+        return SimulationResult(decoded=decoded,
             aggregate=None if res is None else res.aggregate,
             survivors=() if res is None else res.survivors,
             stage_survivors=dict(server.stage_survivors), transcript=record, stages=stats,

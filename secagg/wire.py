@@ -64,6 +64,9 @@ def unpack_words(data: bytes | memoryview, dim: int, bits: int) -> np.ndarray:
     if len(data) != packed_size(dim, bits):
         raise DecodeError(f"masked input has {len(data)} bytes, expected {packed_size(dim, bits)} "
                           f"for dim={dim} at {bits} bits")
+    spare = -(dim * bits) % 8
+    if spare and data[-1] >> (8 - spare):
+        raise DecodeError(f"masked input: the {spare} padding bits of the last byte must be zero")
     if bits == 32:
         return np.frombuffer(data, dtype=dtype)  # zero-copy, read-only view
     if bits in (8, 16):

@@ -164,7 +164,8 @@ def test_round_trip_within_error_bound(data, clip, seed):
     clipped = [clip_coordinates(clip_l2(x, l2) if l2 else x, clip) for x in xs]
     truth = np.sum(clipped, axis=0)
     bound = enc.max_error_per_coordinate(n)
-    assert bound <= n / enc.scale * (1 + 2**-6)  # the float slack term is small
+    if enc.offset <= 2**40:  # the float slack term is negligible unless clip*scale nears 2**53
+        assert bound <= n / enc.scale * (1 + 2**-10)
     slack = n * n * clip * 2**-52  # float error of the reference sum itself
     assert np.all(np.abs(decoded - truth) <= bound + slack)
 

@@ -317,3 +317,20 @@ def test_transcript_and_byte_counts():
     assert len(res.transcript) == 6 * 4 and all(len(b) == 32 for _, _, b in res.transcript)
     assert all(v <= 1000 * 20 / 8 + 1024 for v in res.masked_input_bytes.values())
     assert res.stages[ProtocolStage.MASKED_INPUT].upload_bytes == sum(res.masked_input_bytes.values())
+
+
+def test_simulate_decodes_with_the_encoding_and_refuses_a_mismatched_one():
+    from secagg.encoding import FixedPointEncoding
+    from secagg.errors import OverflowRiskError
+    cfg, _, _ = make_round(6, dim=50, bits=24)
+    enc = FixedPointEncoding.for_sum(bits=24, clip=2.0, max_clients=6)
+    rng = np.random.default_rng(0)
+    xs = {u: rng.uniform(-2, 2, 50) for u in cfg.client_ids}
+    res = simulate(cfg, {u: enc.encode(x, rng=rng) for u, x in xs.items()}, encoding=enc,
+                   dropouts=DropoutSchedule.at(MASKED_INPUT={2}))
+    plain = sum(xs[u] for u in res.survivors)
+    assert np.max(np.abs(res.decoded - plain)) <= len(res.survivors) / enc.scale
+    with pytest.raises(OverflowRiskError, match="n=6"):
+        simulate(cfg, {}, encoding=FixedPointEncoding.for_sum(bits=24, clip=2.0, max_clients=5))
+    with pytest.raises(ConfigError, match="bits"):
+        simulate(cfg, {}, encoding=FixedPointEncoding.for_sum(bits=20, clip=2.0, max_clients=6))
