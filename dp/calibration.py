@@ -1,8 +1,8 @@
 """Calibration: the least noise that meets a target (epsilon, delta).
 
-Both searches keep the invariant eps(hi) <= target < eps(lo) and bisect until hi - lo <= rtol*hi,
-then return ``hi``: the answer always meets the target, and anything below ``lo`` (at least 1 -
-rtol of it) does not (epsilon is non-increasing in the noise).
+Both searches keep the invariant eps(hi) <= target < eps(lo) and narrow the bracket until
+hi - lo <= rtol * hi, then return ``hi``: the answer always meets the target, and anything below
+``lo`` (at least 1 - rtol of it) does not (epsilon is non-increasing in the noise).
 
 The DDG helpers fix the one sensitivity definition the distributed mechanism and the accountant
 share: ``ddg_l2_sensitivity`` bounds the L2 norm of one client's integer vector after clipping to
@@ -55,16 +55,64 @@ def _check_rtol(rtol: float) -> float:
     return rtol
 
 
-def _smallest_meeting(
-    eps_of: Callable[[float], float], target: float, lo: float, hi: float, rtol: float
+class _AboveCeiling(Exception):
+    pass
+
+
+class _AtFloor(Exception):
+    pass
+
+
+def _search(
+    eps_of: Callable[[float], float],
+    target: float,
+    start: float,
+    *,
+    factor: float,
+    floor: float,
+    ceiling: float,
+    rtol: float,
 ) -> float:
-    """Bisection for the smallest x in [lo, hi] with eps_of(x) <= target (eps_of decreasing)."""
-    while (hi - lo) > rtol * hi:
-        mid = 0.5 * (lo + hi)
-        if eps_of(mid) <= target:
-            hi = mid
-        else:
-            lo = mid
+    """Smallest x in [floor, ceiling] with eps_of(x) <= target, to rtol (eps_of non-increasing).
+
+    Brackets by steps of ``factor`` from ``start``, then refines: log(eps) is close to linear in
+    log(x), so interpolate and probe a quarter tolerance either side of the guess (two calls
+    usually close the bracket); a bisection step follows whenever that misses.
+    """
+    x, e = start, eps_of(start)
+    if e > target:
+        while e > target:
+            lo, e_lo = x, e
+            x *= factor
+            if x > ceiling:
+                raise _AboveCeiling
+            e = eps_of(x)
+        hi, e_hi = x, e
+    else:
+        while e <= target:
+            hi, e_hi = x, e
+            if x <= floor:
+                raise _AtFloor
+            x = max(x / factor, floor)
+            e = eps_of(x)
+        lo, e_lo = x, e
+    while hi - lo > rtol * hi:
+        probes: list[float | None] = []
+        if 0.0 < e_hi <= target < e_lo:
+            w = math.log(e_lo / target) / math.log(e_lo / e_hi)
+            guess = lo * (hi / lo) ** w
+            probes = [guess * (1 - rtol / 4), guess * (1 + rtol / 4)]
+        for probe in probes + [None]:
+            if hi - lo <= rtol * hi:
+                break
+            x = 0.5 * (lo + hi) if probe is None else probe
+            if not lo < x < hi:
+                continue
+            e = eps_of(x)
+            if e <= target:
+                hi, e_hi = x, e
+            else:
+                lo, e_lo = x, e
     return hi
 
 
@@ -90,37 +138,27 @@ def calibrate_noise_multiplier(
         acc.compose(PoissonSampledEvent(q, GaussianEvent(z)), count=steps)
         return acc.get_epsilon(delta)
 
+    start, factor = 1.0, 2.0
     if kind is AccountantKind.PRV:
-        # The PRV accountant never reports more than RDP, so the RDP answer meets the target
-        # and brackets the search from above; step down from it in small factors.
-        hi = calibrate_noise_multiplier(
+        # The PRV accountant never reports more than RDP, so the (cheap) RDP answer meets the
+        # target: start there and step down in small factors.
+        start = calibrate_noise_multiplier(
             target_epsilon=target, delta=delta, sampling_rate=q, steps=steps, rtol=rtol
         )
-        lo = 0.9 * hi
-        while eps_of(lo) <= target:
-            hi, lo = lo, 0.9 * lo
-            if lo < _Z_MIN:
-                break
-        else:
-            return _smallest_meeting(eps_of, target, lo, hi, rtol)
-    hi = 1.0
-    while eps_of(hi) > target:
-        hi *= 2.0
-        if hi > _Z_MAX:
-            raise DPConfigError(
-                f"target_epsilon={target_epsilon!r} at delta={delta!r} needs a noise multiplier "
-                f"above {_Z_MAX:g} (sampling_rate={q!r}, steps={steps!r})"
-            )
-    lo = hi / 2.0
-    while eps_of(lo) <= target:
-        hi, lo = lo, lo / 2.0
-        if lo < _Z_MIN:
-            raise DPConfigError(
-                f"target_epsilon={target_epsilon!r} is met by every noise multiplier down to "
-                f"{_Z_MIN:g} (delta={delta!r}, sampling_rate={q!r}, steps={steps!r}); "
-                "calibration below that is not supported"
-            )
-    return _smallest_meeting(eps_of, target, lo, hi, rtol)
+        factor = 1.0 / 0.9
+    try:
+        return _search(eps_of, target, start, factor=factor, floor=_Z_MIN, ceiling=_Z_MAX, rtol=rtol)
+    except _AboveCeiling:
+        raise DPConfigError(
+            f"target_epsilon={target_epsilon!r} at delta={delta!r} needs a noise multiplier "
+            f"above {_Z_MAX:g} (sampling_rate={q!r}, steps={steps!r})"
+        ) from None
+    except _AtFloor:
+        raise DPConfigError(
+            f"target_epsilon={target_epsilon!r} is met by every noise multiplier down to "
+            f"{_Z_MIN:g} (delta={delta!r}, sampling_rate={q!r}, steps={steps!r}); "
+            "calibration below that is not supported"
+        ) from None
 
 
 def ddg_l2_sensitivity(*, l2_clip: float, scale: float, dim: int, beta: float = DEFAULT_BETA) -> float:
@@ -205,15 +243,20 @@ def calibrate_ddg(
         acc.compose(event, count=steps)
         return acc.get_epsilon(delta)
 
-    lo = _DDG_SIGMA_MIN
-    if eps_of(lo) <= target:
-        return lo
-    hi = 2.0 * lo
-    while eps_of(hi) > target:
-        lo, hi = hi, 2.0 * hi
-        if hi > _DDG_SIGMA_MAX:
-            raise DPConfigError(
-                f"target_epsilon={target_epsilon!r} at delta={delta!r} is out of reach for the "
-                f"DDG with l2_clip={l2_clip!r}, scale={scale!r}, dim={dim!r}, num_clients={n!r}"
-            )
-    return _smallest_meeting(eps_of, target, lo, hi, rtol)
+    try:
+        return _search(
+            eps_of,
+            target,
+            _DDG_SIGMA_MIN,
+            factor=2.0,
+            floor=_DDG_SIGMA_MIN,
+            ceiling=_DDG_SIGMA_MAX,
+            rtol=rtol,
+        )
+    except _AtFloor:
+        return _DDG_SIGMA_MIN
+    except _AboveCeiling:
+        raise DPConfigError(
+            f"target_epsilon={target_epsilon!r} at delta={delta!r} is out of reach for the "
+            f"DDG with l2_clip={l2_clip!r}, scale={scale!r}, dim={dim!r}, num_clients={n!r}"
+        ) from None

@@ -41,9 +41,9 @@ from typing import Any, ClassVar
 
 from .client import OptimizerName
 from .data import DATASET_FEATURES, DatasetName, Partition
-from .errors import ConfigFieldError, FLError
+from .errors import ConfigFieldError
 from .models import ModelName, build_model
-from .params import named_trainable
+from .params import matches_prefix
 from .strategy import ServerOptName, make_server_optimizer
 
 __all__ = [
@@ -395,6 +395,8 @@ def _cross_problems(cfg: RunConfig, p: _Problems) -> None:
                       "set secagg.enabled = true")
             if ok("dp.delta", "data.num_clients") and dp.delta >= 1 / n:
                 p.add("dp.delta", dp.delta, f"must be < 1/num_clients = {1 / n:.3g} for client-level DP")
+        if dp.mode is DPMode.SAMPLE and ok("local.prox_mu") and lc.prox_mu:
+            p.add("local.prox_mu", lc.prox_mu, "FedProx is not supported with DP-SGD (dp.mode = 'sample'): use 0")
         if dp.bits is not None and ok("dp.bits", "secagg.bits") and dp.bits > sa.bits:
             p.add("dp.bits", dp.bits, f"exceeds secagg.bits = {sa.bits}")
     # secagg
@@ -418,13 +420,13 @@ def _cross_problems(cfg: RunConfig, p: _Problems) -> None:
         p.add("personalize.every", pz.every, f"exceeds rounds = {cfg.rounds}")
     if pz.personal_layers and ok("personalize.personal_layers", "model.name", "model.hidden", "data.dataset"):
         model = build_model(cfg.model.name, in_features=DATASET_FEATURES[d.dataset], hidden=cfg.model.hidden, seed=0)
-        try:
-            if not named_trainable(model, exclude=pz.personal_layers):
-                p.add("personalize.personal_layers", list(pz.personal_layers), "leaves no shared layer to train")
-        except FLError as e:
-            names = [n for n, _ in model.named_parameters()]
+        names = [n for n, _ in model.named_parameters()]
+        unused = [x for x in pz.personal_layers if not any(matches_prefix(n, (x,)) for n in names)]
+        if unused:
             p.add("personalize.personal_layers", list(pz.personal_layers),
-                  f"a prefix matches no layer of {cfg.model.name.value} (layers: {names}) [{e}]")
+                  f"prefixes {unused} match no layer of {cfg.model.name.value} (layers: {names})")
+        elif all(matches_prefix(n, pz.personal_layers) for n in names):
+            p.add("personalize.personal_layers", list(pz.personal_layers), "leaves no shared layer to train")
 
 
 def config_problems(cfg: RunConfig) -> list[tuple[str, str]]:

@@ -24,10 +24,11 @@ class ConfigFieldError(FLError, ValueError):
         self.problems: list[tuple[str, str]] = [(str(p), str(why)) for p, why in problems]
         if not self.problems:
             self.problems = [("?", "invalid value")]
-        n = len(self.problems)
-        head = "invalid field" if n == 1 else f"{n} invalid fields"
-        body = "; ".join(f"{p}: {why}" for p, why in self.problems)
-        super().__init__(f"{head}: {body}")
+        if len(self.problems) == 1:
+            message = "invalid field {}: {}".format(*self.problems[0])
+        else:
+            message = f"{len(self.problems)} invalid fields:" + "".join(f"\n  {p}: {why}" for p, why in self.problems)
+        super().__init__(message)
 
     @property
     def fields(self) -> list[str]:

@@ -43,7 +43,6 @@ MAX_CLIENT_ID = 2**32 - 2
 SEED_BYTES = 32
 #: Domain-separation prefix hashed with the session id into the ChaCha20 key of the permutation.
 PERMUTATION_DOMAIN = b"secagg/graph/harary-permutation/v1"
-_WORD = 4  # bytes per keystream word read by the shuffle
 _LN2 = math.log(2.0)
 
 
@@ -138,9 +137,10 @@ def _keystream_words(seed: bytes) -> Iterator[int]:
     key = hashlib.sha256(PERMUTATION_DOMAIN + seed).digest()
     # cryptography's 16-byte ChaCha20 nonce is the RFC 8439 block counter (32-bit LE) || 96-bit nonce.
     enc = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    size = 64  # one ChaCha20 block first, then doubling chunks: cheap for small n, fast for large n
     while True:
-        block = enc.update(bytes(_WORD * 1024))
-        yield from np.frombuffer(block, dtype="<u4").tolist()
+        yield from np.frombuffer(enc.update(bytes(size)), dtype="<u4").tolist()
+        size = min(2 * size, 1 << 16)
 
 
 def harary_permutation(ids: Iterable[int], *, seed: bytes) -> tuple[int, ...]:

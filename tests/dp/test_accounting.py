@@ -122,8 +122,10 @@ def test_rdp_epsilon_matches_opacus_rdp_accountant(q, z, steps, delta):
     acc = Accountant(AccountantKind.RDP, orders=OPACUS_ORDERS)
     acc.compose(sgm(q, z), count=steps)
     assert acc.get_epsilon(delta) == pytest.approx(want, rel=1e-9)
-    # Our default orders contain Opacus's fractional ones and more integers: never worse.
-    assert compute_epsilon(sampling_rate=q, noise_multiplier=z, steps=steps, delta=delta) <= want + 1e-12
+    # Our default orders contain Opacus's fractional ones and more integers: never worse (up to
+    # Opacus' own series truncation, ~1e-12 relative).
+    mine = compute_epsilon(sampling_rate=q, noise_multiplier=z, steps=steps, delta=delta)
+    assert mine <= want * (1 + 1e-9)
 
 
 def test_abadi_et_al_2016_moments_accountant_number():
@@ -252,15 +254,15 @@ def test_ddg_rdp_known_answers():
     small = DistributedDiscreteGaussianEvent(l2_sensitivity=3.0, sigma=math.sqrt(2), dim=4, num_clients=2)
     assert rdp_ddg(small, orders=[2.0])[0] == pytest.approx(4.5 + 4 * tau, rel=1e-12)
     # d = 10^4: Delta_1 = min(9, 300) = 9, s1 = 9/sqrt(2). Now the second term wins:
-    # 4.5 + 2 * 6.36396 * tau + tau^2 * 1e4 = 4.5 + 0.00658340 + 0.00267529 = 4.50925869,
+    # 4.5 + 2 * 6.36396 * tau + tau^2 * 1e4 = 4.5 + 0.00658329 + 0.00267529 = 4.50925857,
     # below the first term 4.5 + 1e4 tau = 9.67232.
     big = DistributedDiscreteGaussianEvent(l2_sensitivity=3.0, sigma=math.sqrt(2), dim=10_000, num_clients=2)
-    assert rdp_ddg(big, orders=[2.0])[0] == pytest.approx(4.50925869, rel=1e-8)
-    # A caller's tighter Delta_1 = 3 is used: 4.5 + 2 * (3/sqrt 2) tau + 1e4 tau^2 = 4.50486976.
+    assert rdp_ddg(big, orders=[2.0])[0] == pytest.approx(4.50925857, rel=1e-8)
+    # A caller's tighter Delta_1 = 3 is used: 4.5 + 0.00219443 + 0.00267529 = 4.50486972.
     given_l1 = DistributedDiscreteGaussianEvent(
         l2_sensitivity=3.0, sigma=math.sqrt(2), dim=10_000, num_clients=2, l1_sensitivity=3.0
     )
-    assert rdp_ddg(given_l1, orders=[2.0])[0] == pytest.approx(4.50486976, rel=1e-8)
+    assert rdp_ddg(given_l1, orders=[2.0])[0] == pytest.approx(4.50486972, rel=1e-8)
 
 
 def test_ddg_more_clients_with_same_total_noise_costs_more():

@@ -15,14 +15,15 @@ def test_config_field_error_names_every_field():
     e = ConfigFieldError([("data.alpha", "got -1.0; must be > 0"), ("local.lr", "got 'x'; must be a number")])
     assert e.fields == ["data.alpha", "local.lr"]
     msg = str(e)
-    assert "2 invalid fields" in msg
-    assert "data.alpha: got -1.0; must be > 0" in msg and "local.lr: got 'x'" in msg
+    assert msg.splitlines() == ["2 invalid fields:", "  data.alpha: got -1.0; must be > 0",
+                                "  local.lr: got 'x'; must be a number"]
 
 
 def test_bad_field_quotes_value_and_parameter():
     e = bad_field("batch_size", 0, "must be a positive int")
     assert isinstance(e, ConfigFieldError)
     assert e.problems == [("batch_size", "got 0; must be a positive int")]
+    assert str(e) == "invalid field batch_size: got 0; must be a positive int"
     with pytest.raises(ValueError, match="batch_size: got 0"):
         raise e
 

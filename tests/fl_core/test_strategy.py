@@ -1,5 +1,3 @@
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -13,6 +11,17 @@ from fl_core.errors import CheckpointError, ConfigFieldError, ShapeMismatchError
 from fl_core.models import build_model
 from fl_core.params import model_to_vector, vector_to_model
 from fl_core.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, ServerOptName, make_server_optimizer
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models train many times faster on one thread, above all on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 vec = arrays(np.float32, 6, elements=st.floats(-100, 100, width=32))
 
@@ -46,14 +55,15 @@ def test_fedavgm_two_steps_by_hand():
 # One step from x0 = 0 with Delta = 0.1, beta1 = 0.9, beta2 = 0.99, tau = 0.5, lr = 1, worked by hand
 # from Reddi et al. 2021, Algorithm 2 (m_{-1} = 0, v_{-1} = tau^2 = 0.25, Delta^2 = 0.01):
 #   m0 = 0.1 * 0.1 = 0.01 for all three.
-#   Adagrad: v0 = 0.25 + 0.01 = 0.26;                  x1 = 0.01 / (sqrt(0.26) + 0.5)   = 0.00990195...
-#   Adam:    v0 = 0.99 * 0.25 + 0.01 * 0.01 = 0.2476;  x1 = 0.01 / (sqrt(0.2476) + 0.5)  = 0.01002408...
+#   Adagrad: v0 = 0.25 + 0.01 = 0.26;                  x1 = 0.01 / (sqrt(0.26) + 0.5)   = 0.00990195136
+#   Adam:    v0 = 0.99 * 0.25 + 0.01 * 0.01 = 0.2476;  x1 = 0.01 / (sqrt(0.2476) + 0.5)  = 0.01002411590
 #   Yogi:    v_{-1} > Delta^2 so sign = +1: v0 = 0.25 - 0.01 * 0.01 = 0.2499;
-#                                                      x1 = 0.01 / (sqrt(0.2499) + 0.5)  = 0.01000100...
+#                                                      x1 = 0.01 / (sqrt(0.2499) + 0.5)  = 0.01000100020
+# (x1 evaluated with 30-digit decimal arithmetic.)
 @pytest.mark.parametrize("cls, v0, x1", [
-    (FedAdagrad, 0.26, 0.0099019513592785),
-    (FedAdam, 0.2476, 0.0100240798),
-    (FedYogi, 0.2499, 0.0100010001),
+    (FedAdagrad, 0.26, 0.00990195135927848),
+    (FedAdam, 0.2476, 0.0100241158958786),
+    (FedYogi, 0.2499, 0.0100010002000500),
 ])
 def test_adaptive_single_step_by_hand(cls, v0, x1):
     hp = dict(lr=1.0, beta1=0.9, tau=0.5)
@@ -65,7 +75,6 @@ def test_adaptive_single_step_by_hand(cls, v0, x1):
     np.testing.assert_allclose(st_["m"], [0.01], rtol=1e-12)
     np.testing.assert_allclose(st_["v"], [v0], rtol=1e-12)
     np.testing.assert_allclose(out, [x1], rtol=1e-6)
-    assert x1 == pytest.approx(0.01 / (math.sqrt(v0) + 0.5), rel=1e-8)  # the hand numbers agree
 
 
 def test_yogi_sign_switch_second_step():
@@ -133,14 +142,15 @@ def test_shape_and_finiteness_checks():
 
 def test_fedavg_20_iid_clients_reach_90_percent_on_digits():
     # Plain FedAvg (McMahan et al. 2017), no secagg and no DP: 20 IID clients, all sampled, two
-    # local epochs of SGD per round, server lr 1 = the plain mean of the updates. Ten rounds take
-    # about a second here and reach ~96%; the bound 90% leaves room for platform differences.
+    # local epochs of SGD per round, server lr 1 = the plain mean of the updates. Eight rounds take
+    # about a second on one thread and reach ~95% (90% from round 4 on); the bound 90% leaves
+    # room for platform differences.
     fds = load_federated("digits", num_clients=20, rng=np.random.default_rng(0))
     global_model, work = build_model("mlp", seed=0), build_model("mlp", seed=0)
     opt = make_server_optimizer("fedavg", lr=1.0)
     gen = torch.Generator().manual_seed(0)
     x = model_to_vector(global_model)
-    for _ in range(10):
+    for _ in range(8):
         updates = []
         for client in fds.clients:
             vector_to_model(x, work)
