@@ -179,7 +179,9 @@ def _check_orders(orders: Iterable[float]) -> tuple[float, ...]:
     except (TypeError, ValueError):
         raise DPConfigError(f"orders must be a sequence of numbers > 1, got {orders!r}") from None
     if not out or any(not math.isfinite(a) or a <= 1 for a in out):
-        raise DPConfigError(f"orders must be a non-empty sequence of finite numbers > 1, got {orders!r}")
+        raise DPConfigError(
+            f"orders must be a non-empty sequence of finite numbers > 1, got {orders!r}"
+        )
     return out
 
 
@@ -231,6 +233,12 @@ def rdp_poisson_subsampled_general(
     """
     q = check_sampling_rate(sampling_rate)
     alpha = check_count(alpha, "alpha", minimum=2)
+    base_rdp = np.asarray(base_rdp, dtype=np.float64)
+    if base_rdp.ndim != 1 or base_rdp.size <= alpha or np.any(np.isnan(base_rdp[2 : alpha + 1])):
+        raise DPConfigError(
+            f"base_rdp must list the RDP at orders 0..{alpha} (at least), got shape "
+            f"{base_rdp.shape}"
+        )
     if q == 1.0:
         return float(base_rdp[alpha])
     log_q, log_1q = math.log(q), math.log1p(-q)

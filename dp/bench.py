@@ -4,7 +4,7 @@ Subcommands (each prints a table and writes ``benchmarks/results/dp_<name>.json`
 
 - ``sgd``: training samples/s of a small CNN (2 conv + 1 linear, 28x28x1 inputs, 10 classes)
   without DP and with Opacus in each per-sample-gradient mode. ``--device cuda`` runs it on a GPU.
-  Smaller: ``--steps``, ``--batch-size``, ``--modes``.
+  One torch thread by default (``--threads``). Smaller: ``--steps``, ``--batch-size``, ``--modes``.
 - ``sampler``: samples/s of the discrete Gaussian and Skellam samplers beside numpy's normal, and
   the time to noise (and fully encode) a d-vector against the time to expand one secagg mask.
   Smaller: ``--size``, ``--repeats``.
@@ -94,6 +94,10 @@ def bench_sgd(args: argparse.Namespace) -> dict[str, Any]:
     from .opacus_adapter import GradSampleMode, train_dp_sgd
 
     torch.manual_seed(args.seed)
+    if args.threads:
+        # One thread by default: on a small shared CPU, OpenMP threads that spin against other
+        # processes made plain training 4x slower in our runs, which distorts every ratio.
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     n = args.batch_size * args.steps
     x, y = torch.randn(n, 1, 28, 28), torch.randint(0, 10, (n,))
@@ -135,6 +139,7 @@ def bench_sgd(args: argparse.Namespace) -> dict[str, Any]:
         r["vs_plain"] = r["samples_per_s"] / plain if plain else None
     _table(rows, ["mode", "samples_per_s", "vs_plain", "seconds", "examples"])
     return {"bench": "sgd", "device": str(device), "batch_size": args.batch_size,
+            "torch_threads": torch.get_num_threads(),
             "steps": args.steps, "model": "cnn(conv16-conv32-linear), 28x28x1, 10 classes",
             "torch": torch.__version__, "machine": _machine(), "rows": rows}
 
@@ -193,8 +198,9 @@ def bench_sampler(args: argparse.Namespace) -> dict[str, Any]:
 def plot_sampler(payload: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     rows = payload["rows"]
-    labels = [r["sampler"] if r["sigma"] is None or "numpy" in r["sampler"]
-              else f"{r['sampler'].split(' ')[0]} s={r['sigma']:.3g}" for r in rows]
+    named = ("discrete_gaussian", "skellam")
+    labels = [f"{r['sampler']} s={r['sigma']:.3g}" if r["sampler"] in named else r["sampler"]
+              for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.barh(labels, [r["samples_per_s"] / 1e6 for r in rows], color="tab:green")
     ax.set_xlabel("million samples (coordinates) / s")
@@ -321,6 +327,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("sgd", help="DP-SGD samples/s: plain vs Opacus engines")
     common(sp)
     sp.add_argument("--device", default="cpu", help="cpu or cuda")
+    sp.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (0 = torch's default)")
     sp.add_argument("--batch-size", type=int, default=128)
     sp.add_argument("--steps", type=int, default=20, help="timed steps per mode")
     sp.add_argument("--modes", nargs="+", default=["plain", "hooks", "ghost", "functorch", "ew"],
@@ -332,7 +340,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--sigmas", type=float, nargs="+", default=[1.0, 30.0, 1000.0])
     sp.add_argument("--repeats", type=int, default=3)
 
-    sp = sub.add_parser("distributed", help="MSE of DDG vs central Gaussian at the same (eps, delta)")
+    sp = sub.add_parser("distributed",
+                        help="MSE of DDG vs central Gaussian at the same (eps, delta)")
     common(sp)
     sp.add_argument("--clients", type=int, default=100)
     sp.add_argument("--dim", type=int, default=100_000)

@@ -118,7 +118,9 @@ class BudgetTracker:
     def load_state_dict(self, state: Any) -> None:
         """Restore budget and accountant; validates everything before changing anything."""
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise DPConfigError(f"tracker state must be a dict with version {_STATE_VERSION}, got {state!r}")
+            raise DPConfigError(
+                f"tracker state must be a dict with version {_STATE_VERSION}, got {state!r}"
+            )
         budget = PrivacyBudget.from_dict(state.get("budget"))
         accountant = Accountant(self._accountant.kind, unit=budget.unit)
         accountant.load_state_dict(state.get("accountant"))
@@ -192,7 +194,7 @@ class PerClientBudgets:
             raise DPConfigError(f"events must map client ids to events, got {events!r}")
         for client_id, event in events.items():
             self.check(client_id, event)
-        return {client_id: self.tracker(client_id).spend(event) for client_id, event in events.items()}
+        return {cid: self.tracker(cid).spend(event) for cid, event in events.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able; client ids are kept with their type (int or str)."""
@@ -205,7 +207,9 @@ class PerClientBudgets:
 
     def load_state_dict(self, state: Any) -> None:
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise DPConfigError(f"per-client state must be a dict with version {_STATE_VERSION}, got {state!r}")
+            raise DPConfigError(
+                f"per-client state must be a dict with version {_STATE_VERSION}, got {state!r}"
+            )
         budget = PrivacyBudget.from_dict(state.get("budget"))
         kind = _coerce_kind(state.get("kind"))
         clients = state.get("clients")

@@ -40,7 +40,7 @@ __all__ = [
     "make_ddg_event",
 ]
 
-# The conditional-rounding parameter of the DDG paper's experiments (and TFF's default).
+# e^{-1/2}: a common choice in DDG implementations; any beta in [0, 1) works (0: plain rounding).
 DEFAULT_BETA = math.exp(-0.5)
 
 _Z_MIN, _Z_MAX = 1e-2, 1e4
@@ -147,7 +147,9 @@ def calibrate_noise_multiplier(
         )
         factor = 1.0 / 0.9
     try:
-        return _search(eps_of, target, start, factor=factor, floor=_Z_MIN, ceiling=_Z_MAX, rtol=rtol)
+        return _search(
+            eps_of, target, start, factor=factor, floor=_Z_MIN, ceiling=_Z_MAX, rtol=rtol
+        )
     except _AboveCeiling:
         raise DPConfigError(
             f"target_epsilon={target_epsilon!r} at delta={delta!r} needs a noise multiplier "
@@ -161,7 +163,9 @@ def calibrate_noise_multiplier(
         ) from None
 
 
-def ddg_l2_sensitivity(*, l2_clip: float, scale: float, dim: int, beta: float = DEFAULT_BETA) -> float:
+def ddg_l2_sensitivity(
+    *, l2_clip: float, scale: float, dim: int, beta: float = DEFAULT_BETA
+) -> float:
     """Bound Delta_2 on the L2 norm of one client's scaled, rotated, rounded integer vector.
 
     With c = l2_clip * scale: rounding moves each coordinate by less than 1, so c + sqrt(dim)
@@ -235,7 +239,12 @@ def calibrate_ddg(
 
     def eps_of(client_sigma: float) -> float:
         event: DPEvent = make_ddg_event(
-            l2_clip=l2_clip, scale=scale, dim=dim, num_clients=n, client_sigma=client_sigma, beta=beta
+            l2_clip=l2_clip,
+            scale=scale,
+            dim=dim,
+            num_clients=n,
+            client_sigma=client_sigma,
+            beta=beta,
         )
         if q < 1.0:
             event = PoissonSampledEvent(q, event)

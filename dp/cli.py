@@ -48,7 +48,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=_PROG, description="Plan (epsilon, delta) budgets for DP-SGD / DP-FedAvg.")
+    parser = _Parser(prog=_PROG, description="Plan (epsilon, delta) budgets for DP-SGD/FedAvg.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     eps = sub.add_parser("epsilon", help="epsilon spent by S Poisson-sampled Gaussian steps")
     eps.add_argument("--noise-multiplier", type=float, required=True, metavar="Z",
@@ -65,7 +65,9 @@ def _run(args: argparse.Namespace) -> dict[str, object]:
     common = dict(sampling_rate=args.sampling_rate, steps=args.steps, delta=args.delta)
     out: dict[str, object] = {}
     if args.command == "noise":
-        z = calibrate_noise_multiplier(target_epsilon=args.target_epsilon, accountant=kind, **common)
+        z = calibrate_noise_multiplier(
+            target_epsilon=args.target_epsilon, accountant=kind, **common
+        )
         out["target_epsilon"] = args.target_epsilon
     else:
         z = args.noise_multiplier

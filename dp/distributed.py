@@ -79,7 +79,8 @@ _CALIBRATION_RTOL = 1e-10
 
 
 def _check_bits(bits: object) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral) or not 2 <= bits <= MAX_BITS:
+    if (isinstance(bits, bool) or not isinstance(bits, numbers.Integral)
+            or not 2 <= bits <= MAX_BITS):
         raise DPConfigError(f"bits must be an int in [2, {MAX_BITS}], got bits={bits!r}")
     return int(bits)
 
@@ -157,7 +158,8 @@ class DDGConfig:
             set_(self, "epsilon", check_positive("epsilon", self.epsilon))
             set_(self, "delta", check_delta(self.delta))
         else:
-            set_(self, "noise_multiplier", check_positive("noise_multiplier", self.noise_multiplier))
+            z = check_positive("noise_multiplier", self.noise_multiplier)
+            set_(self, "noise_multiplier", z)
         # The paper's range rule can hold n clients at all: checked here, before any planning.
         choose_gamma(l2_clip=self.l2_clip, bits=self.bits, padded_dim=padded_dim(self.dim),
                      num_clients=self.num_clients, client_sigma=0.0, k_stddevs=self.k_stddevs)
@@ -193,7 +195,7 @@ class DDGConfig:
             step = new_gamma - gamma
             if step <= _PLAN_RTOL * new_gamma:
                 return self._finish(gamma, sigma, size)  # sigma was calibrated for gamma
-            if step >= last_step:
+            if step >= last_step and step > 1e-4 * new_gamma:  # growing, not jitter
                 break
             gamma, last_step = new_gamma, step
         raise DPConfigError(
@@ -243,7 +245,7 @@ class DDGPlan:
 
     @property
     def central_sigma(self) -> float:
-        """Noise std per coordinate, real units, of a sum over min_survivors clients (the target)."""
+        """Noise std per coordinate, real units, of a sum over min_survivors (the target)."""
         return self.noise_std(self.config.min_survivors)
 
     def noise_std(self, survivors: int) -> float:

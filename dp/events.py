@@ -130,7 +130,7 @@ class GaussianEvent(DPEvent):
 
 @dataclass(frozen=True)
 class DistributedDiscreteGaussianEvent(DPEvent):
-    """The sum of ``num_clients`` clients' vectors, each with N_Z(0, sigma^2 / num_clients)^dim noise.
+    """A sum of ``num_clients`` integer vectors, each with N_Z(0, sigma^2 / num_clients)^dim noise.
 
     Kairouz, Liu, Steinke (ICML 2021), "The Distributed Discrete Gaussian Mechanism for Federated
     Learning with Secure Aggregation". All quantities are in the integer domain:
@@ -210,7 +210,11 @@ class PoissonSampledEvent(DPEvent):
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self._TYPE, "sampling_rate": self.sampling_rate, "event": self.event.to_dict()}
+        return {
+            "type": self._TYPE,
+            "sampling_rate": self.sampling_rate,
+            "event": self.event.to_dict(),
+        }
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ Exactness. ``discrete_gaussian`` is Algorithm 3 of Canonne, Kamath and Steinke, 
 Gaussian for Differential Privacy" (NeurIPS 2020, arXiv:2004.00010v5): propose a discrete Laplace
 with scale t = floor(sigma) + 1, accept with probability exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2)).
 The paper runs it on exact rationals, one sample at a time. Here it runs on float64, vectorized:
-the discrete Laplace is the difference of two geometrics floor(t * E), E = -log U with U a
-53-bit uniform, and acceptance compares another such E. Every probability the sampler realizes is
-then off by a few units in the last place of float64 (~1e-16 absolutely), and the Laplace
-proposal is cut at |Y| < 37.5 t (mass e^-37.5 ~ 5e-17, where acceptance is ~0 anyway). That is a
-total variation distance of order 1e-15 per sample, far below any delta used in practice; we state
-it instead of paying for rational arithmetic. It samples 1,000,000 values in ~0.1-0.2 s on one core.
+the discrete Laplace is the difference of two geometrics floor(t * E), E = -log U with U uniform
+on the 2^-52 grid of (0, 1], and acceptance compares another such E. Every probability the
+sampler realizes is then off by a few units in the last place of float64 (~1e-16 absolutely),
+and the Laplace proposal is cut at |Y| <= 36.05 t (mass ~e^-36 ~ 2e-16, where acceptance is ~0
+anyway). That is a total variation distance of order 1e-15 per sample, far below any delta used
+in practice; we state it instead of paying for rational arithmetic. Candidates are drawn in
+cache-sized batches; 1,000,000 samples take ~0.05 s on one core.
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ SEED_BYTES = 32
 #: Initial CTR block: a domain label, so a seed reused elsewhere (e.g. as a mask seed) gives another
 #: stream. The low bytes are the counter.
 _NOISE_IV = b"dp.noise.v1\x00\x00\x00\x00\x00"
-_TWO_POW_M53 = 2.0 ** -53
-#: Largest sigma we accept: t * 37.5 must stay far below 2**53 so floor(t * E) is exact enough.
+_ZEROS = bytes(1 << 18)  # keystream = AES-CTR encryption of zeros, taken 256 KiB at a time
+_ONE_BITS = np.uint64(0x3FF0000000000000)  # exponent bits of float64 1.0
+#: Candidates per batch: three float64 arrays of this length stay in L2 cache (3x faster than
+#: one pass over d-sized arrays).
+_CHUNK = 1 << 14
+#: Largest sigma we accept: t * 36.05 must stay far below 2**53 so floor(t * E) is exact enough.
 _MAX_SIGMA = 1e12
 #: Below this sigma, P[X != 0] < 2 exp(-1 / (2 sigma^2)) < 1e-240: we return exact zeros.
 _POINT_MASS_SIGMA = 0.03
@@ -68,22 +73,35 @@ class NoiseGenerator:
 
     def random_bytes(self, n: int) -> bytes:
         """The next ``n`` keystream bytes."""
-        return self._enc.update(bytes(n))
+        return bytes(self.random_uint8(n))
+
+    def random_uint8(self, n: int) -> np.ndarray:
+        """The next ``n`` keystream bytes, written straight into a fresh numpy array."""
+        # update_into wants block_size - 1 spare bytes after the output: allocate 16 more.
+        buf = np.empty(n + 16, dtype=np.uint8)
+        zeros = memoryview(_ZEROS)
+        off = 0
+        while off < n:
+            k = min(len(_ZEROS), n - off)
+            self._enc.update_into(zeros[:k], buf[off:off + k + 16])
+            off += k
+        return buf[:n]
 
     def random_uint64(self, n: int) -> np.ndarray:
-        """The next ``n`` keystream words as little-endian uint64."""
-        return np.frombuffer(self.random_bytes(8 * n), dtype="<u8").astype(np.uint64, copy=False)
+        """The next ``n`` keystream words as little-endian uint64 (a fresh, writable array)."""
+        return self.random_uint8(8 * n).view("<u8").astype(np.uint64, copy=False)
 
     def uniform(self, n: int) -> np.ndarray:
-        """``n`` floats (k + 1/2) 2^-53 with k uniform in [0, 2^53): uniform on (0, 1), never 0."""
-        k = self.random_uint64(n) >> np.uint64(11)
-        out = k.astype(np.float64)
-        out += 0.5
-        out *= _TWO_POW_M53
-        return out
+        """``n`` floats 2 - (1.m) with m 52 keystream bits: uniform on the grid of (0, 1]."""
+        w = self.random_uint64(n)
+        w >>= np.uint64(12)
+        w |= _ONE_BITS  # the float64 1.m, in [1, 2)
+        u = w.view(np.float64)
+        np.subtract(2.0, u, out=u)
+        return u
 
     def exponential(self, n: int) -> np.ndarray:
-        """``n`` standard exponentials -log(U); all finite and > 0."""
+        """``n`` standard exponentials -log(U), U on the 2^-52 grid of (0, 1]: finite, >= 0."""
         out = self.uniform(n)
         np.log(out, out=out)
         np.negative(out, out=out)
@@ -91,7 +109,7 @@ class NoiseGenerator:
 
     @property
     def numpy(self) -> np.random.Generator:
-        """A numpy Generator (PCG64DXSM) seeded with 256 bits of this keystream, made on first use."""
+        """A numpy PCG64DXSM Generator seeded with 256 bits of this keystream (made once)."""
         if self._numpy is None:
             seed = int.from_bytes(self.random_bytes(32), "little")
             self._numpy = np.random.Generator(np.random.PCG64DXSM(np.random.SeedSequence(seed)))
@@ -119,8 +137,8 @@ def discrete_gaussian(shape: Shape, sigma: float, *, gen: NoiseGenerator) -> np.
     """Samples of N_Z(0, sigma^2): P[X = x] proportional to exp(-x^2 / (2 sigma^2)), as int64.
 
     The variance is slightly below sigma^2 for sigma < 1 (and equal to it within
-    exp(-2 pi^2 sigma^2) above); sigma < 0.03 gives zeros (P[X != 0] < 1e-240). Rejected proposals are refilled in
-    batches until every coordinate is set.
+    exp(-2 pi^2 sigma^2) above); sigma < 0.03 gives zeros (P[X != 0] < 1e-240). Rejected
+    proposals are refilled in batches until every coordinate is set.
     """
     dims, n = _size(shape)
     sigma = _check_scale("sigma", sigma, _MAX_SIGMA)
@@ -134,13 +152,17 @@ def discrete_gaussian(shape: Shape, sigma: float, *, gen: NoiseGenerator) -> np.
     filled = 0
     while filled < n:
         need = n - filled
-        m = int(need / accept) + 64
+        m = min(_CHUNK, int(need / accept) + 64)
         e = gen.exponential(3 * m).reshape(3, m)
         # CKS Alg. 3 step 2: Y ~ Lap_Z(t), the difference of two Geometric(1 - e^{-1/t}) counts.
-        y = np.floor(t * e[0]) - np.floor(t * e[1])
-        # Step 3: accept with probability exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2)), i.e. E >= exponent.
-        gap = np.abs(y) - shift
-        keep = y[e[2] >= gap * gap * inv_two_var][:need]
+        y = np.floor(t * e[0])
+        y -= np.floor(t * e[1])
+        # Step 3: accept with probability exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2)), i.e. E >= that.
+        gap = np.abs(y)
+        gap -= shift
+        gap *= gap
+        gap *= inv_two_var
+        keep = y[e[2] >= gap][:need]
         out[filled:filled + keep.size] = keep
         filled += keep.size
     return out.reshape(dims)

@@ -106,11 +106,10 @@ def _check_accountant(kind: AccountantKind | str) -> AccountantKind:
 
 def _check_model(model: nn.Module) -> None:
     """Refuse layers that mix examples (BatchNorm) or that Opacus cannot clip, naming them."""
-    probe = copy.deepcopy(model).train()
-    errors = ModuleValidator.validate(probe, strict=False)
+    errors = ModuleValidator.validate(model, strict=False)
     if errors:
         culprits = sorted({f"{name or '<root>'} ({type(m).__name__})"
-                           for name, m in probe.named_modules()
+                           for name, m in model.named_modules()
                            if isinstance(m, nn.modules.batchnorm._BatchNorm)})
         where = f" at {', '.join(culprits)}" if culprits else ""
         raise DPConfigError(
@@ -193,8 +192,9 @@ def train_dp_sgd(
     if getattr(loss_fn, "reduction", "mean") != "mean":
         raise DPConfigError(f"loss_fn must average over the batch (reduction='mean'), got "
                             f"reduction={loss_fn.reduction!r}")
-    _check_model(model)
-    if not _trainable(model):
+    work = copy.deepcopy(model).train()  # the caller's model is never wrapped nor trained
+    _check_model(work)
+    if not _trainable(work):
         raise DPConfigError("model has no trainable parameters")
 
     sample_gen = noise_gen = None
@@ -211,7 +211,6 @@ def train_dp_sgd(
             accountant=kind)
     z = check_positive("noise_multiplier", noise_multiplier)
 
-    work = copy.deepcopy(model).train()
     if device is not None:
         work = work.to(device)
     names_params = _trainable(work)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .data import as_tensors
 from .errors import ConfigFieldError, bad_field
@@ -44,8 +44,8 @@ class SampleDP:
 
     max_grad_norm: float
     noise_multiplier: float
-    grad_sample_mode: str = "hooks"
-    accountant: str = "rdp"
+    grad_sample_mode: str | enum.Enum = "hooks"
+    accountant: str | enum.Enum = "rdp"
     delta: float | None = None
     max_physical_batch_size: int | None = None
 
@@ -138,10 +138,7 @@ def local_train(model: nn.Module, train_data: Dataset | tuple, *, epochs: int | 
     n = len(tensors[1]) if tensors is not None else len(train_data)
     if n == 0:
         raise bad_field("train_data", f"{n} examples", "needs at least one training example")
-    loss_fn = loss_fn or nn.functional.cross_entropy
-    shared = [p for _, p in named_trainable(model, exclude=exclude)]
     start_vec = model_to_vector(model, exclude=exclude)
-    anchors = [p.detach().clone() for p in shared] if prox_mu else []
 
     def make_optimizer(params) -> torch.optim.Optimizer:
         if opt_name is OptimizerName.SGD:
@@ -153,6 +150,9 @@ def local_train(model: nn.Module, train_data: Dataset | tuple, *, epochs: int | 
                                steps=steps, batch_size=batch_size, make_optimizer=make_optimizer,
                                generator=generator, loss_fn=loss_fn)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad])
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    shared = [p for _, p in named_trainable(model, exclude=exclude)]
+    anchors = [p.detach().clone() for p in shared] if prox_mu else []
 
     total_steps = steps if steps is not None else epochs * math.ceil(n / batch_size)
     was_training = model.training
@@ -194,12 +194,13 @@ def _local_train_dp(model, train_data, tensors, n, start_vec, *, exclude, dp: Sa
     from dp.opacus_adapter import train_dp_sgd  # Opacus is imported only when DP-SGD runs
 
     if tensors is not None:
-        train_data = torch.utils.data.TensorDataset(*tensors)
+        train_data = TensorDataset(*tensors)
     seed = None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
     criterion = None if loss_fn is None else _MeanLoss(loss_fn)
     res = train_dp_sgd(model, train_data, max_grad_norm=dp.max_grad_norm, noise_multiplier=dp.noise_multiplier,
                        batch_size=batch_size, epochs=epochs, steps=steps, delta=dp.delta,
-                       accountant=dp.accountant, grad_sample_mode=dp.grad_sample_mode,
+                       accountant=getattr(dp.accountant, "value", dp.accountant),  # str or any enum of names
+                       grad_sample_mode=getattr(dp.grad_sample_mode, "value", dp.grad_sample_mode),
                        max_physical_batch_size=dp.max_physical_batch_size, loss_fn=criterion,
                        optimizer_factory=make_optimizer, seed=seed)
     # The adapter trains a copy; bring its weights back so DP and non-DP calls behave alike.

@@ -39,15 +39,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+from torch import nn
+
+from dp.accounting import AccountantKind
+
 from .client import OptimizerName
-from .data import DATASET_FEATURES, DatasetName, Partition
+from .data import DATASET_FEATURES, DatasetName, FederatedDataset, Partition, load_federated
 from .errors import ConfigFieldError
 from .models import ModelName, build_model
 from .params import matches_prefix
 from .strategy import ServerOptName, make_server_optimizer
 
 __all__ = [
-    "DPMode", "GradSampleMode", "AccountantName", "GraphKind", "InitMode",
+    "DPMode", "GradSampleMode", "AccountantKind", "GraphKind", "InitMode",
     "DataConfig", "ModelConfig", "LocalConfig", "ServerConfig", "DPConfig", "DropoutConfig",
     "SecAggConfig", "InitConfig", "PersonalizeConfig", "RunConfig",
     "load_config", "config_from_dict", "dump_config", "config_problems",
@@ -60,16 +65,11 @@ class DPMode(enum.Enum):
     SAMPLE = "sample"   # example-level: DP-SGD on each client (Opacus)
 
 
-class GradSampleMode(enum.Enum):  # Opacus's per-sample gradient engines
+class GradSampleMode(enum.Enum):  # same values as dp.opacus_adapter.GradSampleMode (which imports Opacus)
     HOOKS = "hooks"
     FUNCTORCH = "functorch"
     EW = "ew"
     GHOST = "ghost"
-
-
-class AccountantName(enum.Enum):
-    RDP = "rdp"
-    PRV = "prv"
 
 
 class GraphKind(enum.Enum):  # same values as secagg.config.GraphKind
@@ -98,11 +98,20 @@ class DataConfig:
     synthetic_alpha: float = 1.0
     synthetic_beta: float = 1.0
 
+    def load(self, *, rng: np.random.Generator) -> FederatedDataset:
+        """The federated dataset these fields describe (``fl_core.data.load_federated``)."""
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "dataset"}
+        return load_federated(self.dataset, rng=rng, **kw)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: ModelName = ModelName.MLP
     hidden: int = 64
+
+    def build(self, *, in_features: int, num_classes: int = 10, seed: int | None = None) -> nn.Module:
+        """``fl_core.models.build_model`` with these fields."""
+        return build_model(self.name, in_features=in_features, num_classes=num_classes, hidden=self.hidden, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -153,7 +162,7 @@ class DPConfig:
     delta: float = 1e-5
     l2_clip: float = 1.0
     bits: int | None = None
-    accountant: AccountantName = AccountantName.RDP
+    accountant: AccountantKind = AccountantKind.RDP
     grad_sample_mode: GradSampleMode = GradSampleMode.HOOKS
 
 
@@ -178,6 +187,8 @@ class SecAggConfig:
 
     enabled: bool = True
     graph: GraphKind = GraphKind.COMPLETE
+    corrupt: float = 0.05       # tolerated corrupt fraction for the automatic (k, t) rule
+    update_clip: float = 10.0   # L2 clip before fixed-point encoding (no client-level DP)
     k: int | None = None
     threshold: float | None = None
     bits: int = 32
@@ -213,6 +224,7 @@ class RunConfig:
     ONE_OF: ClassVar[tuple[tuple[str, str], ...]] = (("clients_per_round", "sampling_rate"),)
     rounds: int = 30
     clients_per_round: int | None = 10
+    secure_randomness: bool = True   # DP noise and protocol secrets from os.urandom; False: from seed
     sampling_rate: float | None = None
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -311,7 +323,7 @@ def _section_problems(cfg: RunConfig) -> _Problems:
     p.number_in("dp.l2_clip", dp.l2_clip, 0, inf, lo_open=True, hi_open=True)
     if dp.bits is not None:
         p.int_at_least("dp.bits", dp.bits, 1)
-    p.enum("dp.accountant", dp.accountant, AccountantName)
+    p.enum("dp.accountant", dp.accountant, AccountantKind)
     p.enum("dp.grad_sample_mode", dp.grad_sample_mode, GradSampleMode)
     # secagg
     if not isinstance(sa.enabled, bool):
@@ -324,6 +336,10 @@ def _section_problems(cfg: RunConfig) -> _Problems:
     if isinstance(sa.bits, bool) or not isinstance(sa.bits, int) or not 1 <= sa.bits <= 62:
         p.add("secagg.bits", sa.bits, "must be an int in [1, 62]")
     p.number_in("secagg.min_survivors", sa.min_survivors, 0, 1, lo_open=True)
+    p.number_in("secagg.corrupt", sa.corrupt, 0, 1, hi_open=True)
+    p.number_in("secagg.update_clip", sa.update_clip, 0, inf, lo_open=True, hi_open=True)
+    if not isinstance(cfg.secure_randomness, bool):
+        p.add("secure_randomness", cfg.secure_randomness, "must be true or false")
     for f in dataclasses.fields(DropoutConfig):
         p.number_in(f"secagg.dropout.{f.name}", getattr(sa.dropout, f.name), 0, 1, hi_open=True)
     # init

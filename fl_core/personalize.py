@@ -3,8 +3,8 @@ much that helps on its own test split.
 
 FedPer (Arivazhagan et al. 2019): with ``personal_layers`` (name prefixes, e.g. ``("head",)``) each
 client keeps its own copy of those layers across rounds; they never leave the client. Pass the
-``personal_params`` returned by the previous call to continue from them. Fine-tuning here is
-non-private; a DP fine-tune would go through ``dp.opacus_adapter`` like local training.
+``personal_params`` returned by the previous call to continue from them. With ``dp`` the
+fine-tuning is DP-SGD (``fl_core.client.SampleDP``) and each client's privacy event is returned.
 
 Report: per-client accuracy of the global model and of the personalized one on the client's test
 split; their mean, and the mean over the worst 10% of clients (ceil(n / 10) clients, at least one),
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .client import OptimizerName, evaluate, local_train
+from .client import OptimizerName, SampleDP, evaluate, local_train
 from .data import ClientData
 from .errors import bad_field
 from .params import matches_prefix, named_trainable
@@ -30,7 +30,7 @@ from .params import matches_prefix, named_trainable
 __all__ = ["PersonalizationReport", "PersonalizationResult", "worst_fraction_mean", "personalize"]
 
 
-def worst_fraction_mean(values: Sequence[float] | np.ndarray, fraction: float = 0.1) -> float:
+def worst_fraction_mean(values: Sequence[float] | np.ndarray, *, fraction: float = 0.1) -> float:
     """Mean of the lowest ``ceil(fraction * n)`` values (at least one); NaNs are ignored."""
     v = np.asarray(values, dtype=np.float64)
     v = v[~np.isnan(v)]
@@ -77,6 +77,7 @@ class PersonalizationReport:
 class PersonalizationResult:
     report: PersonalizationReport
     personal_params: dict[int, dict[str, torch.Tensor]]  # client index -> its personal layers
+    events: dict[int, object]                            # client index -> DP event (with dp only)
 
 
 def _personal_state(model: nn.Module, prefixes: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -87,7 +88,7 @@ def personalize(global_model: nn.Module, clients: Sequence[ClientData], *, steps
                 batch_size: int = 16, optimizer: OptimizerName | str = OptimizerName.SGD, momentum: float = 0.0,
                 personal_layers: Sequence[str] = (),
                 personal_params: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
-                generator: torch.Generator | None = None) -> PersonalizationResult:
+                generator: torch.Generator | None = None, dp: SampleDP | None = None) -> PersonalizationResult:
     """Fine-tune a copy of ``global_model`` for ``steps`` steps on each client's training data
     and evaluate it, and the global model, on that client's test split.
 
@@ -101,7 +102,7 @@ def personalize(global_model: nn.Module, clients: Sequence[ClientData], *, steps
     if personal_layers:
         named_trainable(global_model, exclude=personal_layers)  # checks the prefixes name layers
     personal_params = personal_params or {}
-    g_acc, p_acc, kept = [], [], {}
+    g_acc, p_acc, kept, events = [], [], {}, {}
     for i, client in enumerate(clients):
         model = copy.deepcopy(global_model)
         if personal_layers and i in personal_params:
@@ -112,11 +113,13 @@ def personalize(global_model: nn.Module, clients: Sequence[ClientData], *, steps
                         raise bad_field(f"personal_params[{i}]", name, "is not a personal layer of this model")
                     own[name].copy_(value)
         g_acc.append(evaluate(model, client.test)[1])
-        local_train(model, client.train, steps=steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
-                    momentum=momentum, generator=generator)
+        res = local_train(model, client.train, steps=steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
+                          momentum=momentum, generator=generator, dp=dp)
+        if res.event is not None:
+            events[i] = res.event
         p_acc.append(evaluate(model, client.test)[1])
         if personal_layers:
             kept[i] = _personal_state(model, personal_layers)
     report = PersonalizationReport(global_acc=np.array(g_acc, dtype=np.float64),
                                    personal_acc=np.array(p_acc, dtype=np.float64))
-    return PersonalizationResult(report=report, personal_params=kept)
+    return PersonalizationResult(report=report, personal_params=kept, events=events)

@@ -46,6 +46,20 @@ def self_mask_commitment(session_id: bytes, client_id: int, seed: bytes) -> byte
     return hashlib.sha256(b"secagg/v1/self-mask" + session_id + struct.pack(">I", client_id) + seed).digest()
 
 
+def bound_share_key(share_key: bytes, *, session_id: bytes, u: int, u_mask_pk: bytes, v: int,
+                    v_mask_pk: bytes) -> bytes:
+    """The AEAD key for u <-> v shares, bound to both mask public keys as each side saw them.
+
+    The channel keys are already confirmed by the AEAD (a wrong c_pk fails decryption); binding the
+    mask keys too means a relayed s_pk that differs from the owner's own (a bit flip, or a server
+    that swaps keys in semi-honest mode without a full man-in-the-middle) fails decryption instead of
+    giving pairwise masks that do not cancel, i.e. a silently wrong sum.
+    """
+    first, second = (u_mask_pk, v_mask_pk) if u < v else (v_mask_pk, u_mask_pk)
+    return kex.derive(share_key, session_id=session_id, label=b"share-aead-mask-bound",
+                      context=kex.pair_context(u, v) + first + second)
+
+
 def mask_sign(u: int, v: int) -> int:
     """+1 if u adds PRG(s_uv) (u < v), -1 if it subtracts it."""
     return 1 if u < v else -1
@@ -171,8 +185,9 @@ class ClientParty:
         b_shares = shamir.split(self._self_seed, threshold=cfg.threshold, xs=xs, randbytes=self._randbytes)
         out = []
         for v, sk_share, b_share in zip(ids, sk_shares, b_shares):
-            key = self._share_keys[v] = kex.share_key(channel_sk, peers[v][0],
-                                                      session_id=cfg.session_id, u=self.id, v=v)
+            key = kex.share_key(channel_sk, peers[v][0], session_id=cfg.session_id, u=self.id, v=v)
+            key = self._share_keys[v] = bound_share_key(key, session_id=cfg.session_id, u=self.id,
+                                                        u_mask_pk=self._mask.public, v=v, v_mask_pk=peers[v][1])
             plaintext = struct.pack(">II", self.id, v) + sk_share.to_bytes() + b_share.to_bytes()
             out.append(EncryptedShare(v, aead.seal(key, plaintext, session_id=cfg.session_id,
                                                    stage=STAGE_SHARES, sender=self.id, receiver=v)))
@@ -201,14 +216,14 @@ class ClientParty:
             held[s.peer] = (sk_share, b_share)
         if len(held) < cfg.threshold:
             self._abort(f"only {len(held)} neighbours sent shares, fewer than threshold t={cfg.threshold}")
-        self._held = held
-        words, self._input = self._input, None  # our own copy (set_input): mask it in place
         plus, minus = [self._self_seed], []
         mask_sk = kex.private_key(self._mask.private)
-        for v in sorted(held):
+        for v in sorted(held):  # may raise (bad peer key): before any state changes
             seed = kex.pairwise_mask_seed(mask_sk, self._peers[v][1], session_id=cfg.session_id,
                                           u=self.id, v=v)
             (plus if mask_sign(self.id, v) > 0 else minus).append(seed)
+        self._held = held
+        words, self._input = self._input, None  # our own copy (set_input): mask it in place
         prg.add_masks(words, plus=plus, minus=minus, bits=cfg.bits)
         return MaskedInput(cfg.session_id, self.id, cfg.bits, words)
 
@@ -216,6 +231,8 @@ class ClientParty:
 
     def _check_survivors(self, survivors: tuple[int, ...]) -> None:
         cfg = self.config
+        if any(b <= a for a, b in zip(survivors, survivors[1:])):
+            raise RefusedRequestError(f"client {self.id}: survivor list is not strictly increasing: {survivors[:10]}")
         if self.id not in survivors:
             raise RefusedRequestError(f"client {self.id} sent its masked input but is not in the survivor list")
         unknown = set(survivors) - set(cfg.client_ids)
@@ -246,16 +263,17 @@ class ClientParty:
         if cfg.mode is Mode.ACTIVE:
             if msg.survivors != self._survivors:
                 raise RefusedRequestError(f"client {self.id}: survivor list differs from the one it signed")
-            valid = 0
+            signers = set()
             signed = survivors_signed_bytes(cfg.session_id, msg.survivors)
             for s in msg.signatures:
-                if s.client_id not in msg.survivors:
+                if s.client_id not in msg.survivors or s.client_id in signers:
                     continue
                 try:
                     verify(cfg.verify_keys[s.client_id], s.signature, signed)
                 except AuthenticationError:
                     continue
-                valid += 1
+                signers.add(s.client_id)
+            valid = len(signers)
             if valid < cfg.threshold:
                 raise RefusedRequestError(f"client {self.id}: {valid} valid signatures on the survivor list, "
                                           f"fewer than t={cfg.threshold}")

@@ -13,7 +13,11 @@ to cover every such neighbourhood; the sum covers the stage-2 survivors.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import math
+import random
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -267,7 +271,12 @@ class ServerParty:
                 return secret, set()
         except ShamirError:
             pass
-        for subset in itertools.islice(itertools.combinations(shares, t), MAX_SUBSET_TRIES):
+        if math.comb(len(shares), t) <= MAX_SUBSET_TRIES:
+            subsets = itertools.combinations(shares, t)
+        else:  # lexicographic order would spend every try on subsets holding one low-x forged share
+            rng = random.Random(hashlib.sha256(self.config.session_id + struct.pack(">IB", owner, kind)).digest())
+            subsets = (rng.sample(shares, t) for _ in range(MAX_SUBSET_TRIES))
+        for subset in subsets:
             try:
                 secret = shamir.reconstruct(list(subset), threshold=t)
             except ShamirError:

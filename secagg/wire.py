@@ -191,6 +191,10 @@ def decode(data: bytes) -> Message:
     """Parse bytes into a message, or raise DecodeError. Never returns a partly checked message."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
+    if isinstance(data, memoryview):  # lengths below are in bytes; a strided view cannot be parsed
+        if not data.c_contiguous:
+            raise DecodeError("expected a contiguous buffer, got a strided memoryview")
+        data = data.cast("B")
     if len(data) < HEADER.size:
         raise DecodeError(f"message of {len(data)} bytes is shorter than the {HEADER.size}-byte header")
     magic, version, type_byte, session, party = HEADER.unpack_from(data)

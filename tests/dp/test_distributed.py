@@ -264,7 +264,8 @@ def test_client_words_are_in_the_modulus_and_wrap_for_negatives(plan: DDGPlan) -
 def test_no_noise_decodes_the_clipped_sum_within_rounding(plan: DDGPlan) -> None:
     quiet = dataclasses.replace(plan, client_sigma=0.0)
     x = updates(N, DIM, seed=5)
-    words = [encode_client(x[i], plan=quiet, rotation_seed=ROUND_SEED, gen=gen(i)) for i in range(N)]
+    words = [encode_client(x[i], plan=quiet, rotation_seed=ROUND_SEED, gen=gen(i))
+             for i in range(N)]
     est = decode_sum(modular_sum(words, bits=16), plan=quiet, rotation_seed=ROUND_SEED)
     true = sum(clip_l2(x[i], 1.0) for i in range(N))
     err = est - true
@@ -316,7 +317,8 @@ def test_noise_variance_matches_the_plan_with_dropouts(plan: DDGPlan) -> None:
 def test_decoding_needs_the_rounds_seed(plan: DDGPlan) -> None:
     x = updates(3, DIM, seed=8)
     quiet = dataclasses.replace(plan, client_sigma=0.0)
-    words = [encode_client(x[i], plan=quiet, rotation_seed=ROUND_SEED, gen=gen(i)) for i in range(3)]
+    words = [encode_client(x[i], plan=quiet, rotation_seed=ROUND_SEED, gen=gen(i))
+             for i in range(3)]
     total = modular_sum(words, bits=16)
     true = sum(clip_l2(x[i], 1.0) for i in range(3))
     good = decode_sum(total, plan=quiet, rotation_seed=ROUND_SEED)
@@ -353,7 +355,8 @@ def test_clipping_happens_before_rotation(plan: DDGPlan) -> None:
     diff = from_words(modular_sum([big, to_words(-from_words(clipped, 16), 16)], bits=16), 16)
     assert np.abs(diff).max() <= 1  # equal up to a rounding flip from last-ulp differences
     # And the rotated, scaled input stays inside the sensitivity bound.
-    assert np.linalg.norm(rotate(x / np.linalg.norm(x), seed=ROUND_SEED)) / plan.gamma <= plan.l2_sensitivity
+    rotated = rotate(x / np.linalg.norm(x), seed=ROUND_SEED)
+    assert np.linalg.norm(rotated) / plan.gamma <= plan.l2_sensitivity
 
 
 def test_bad_inputs_are_typed_errors(plan: DDGPlan) -> None:

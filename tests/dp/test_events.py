@@ -165,7 +165,7 @@ _events = st.recursive(
 )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(_events)
 def test_dict_round_trip_through_json(event):
     data = json.loads(json.dumps(event.to_dict()))

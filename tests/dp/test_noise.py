@@ -30,7 +30,7 @@ def seed(i: int) -> bytes:
 
 
 def dg_pmf(sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """Support and pmf of N_Z(0, sigma^2), from the definition (mass beyond 40 sigma + 40 < 1e-300)."""
+    """Support and pmf of N_Z(0, sigma^2) from the definition (mass past 40 sigma + 40 < 1e-300)."""
     k_max = int(40 * sigma) + 40
     k = np.arange(-k_max, k_max + 1)
     w = np.exp(-(k.astype(np.float64) ** 2) / (2 * sigma**2))
@@ -43,7 +43,8 @@ def moments(k: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     return var, m4
 
 
-def chi_square_p(sample: np.ndarray, k: np.ndarray, p: np.ndarray, min_expected: float = 20.0) -> float:
+def chi_square_p(sample: np.ndarray, k: np.ndarray, p: np.ndarray,
+                 min_expected: float = 20.0) -> float:
     """Goodness of fit on integer bins with expected count >= min_expected; the tails pooled."""
     n = sample.size
     inner = k[p * n >= min_expected]
@@ -129,16 +130,19 @@ def test_keystream_known_answer() -> None:
 def test_uniform_and_exponential() -> None:
     gen = NoiseGenerator(seed(7))
     u = gen.uniform(N)
-    assert u.min() > 0.0 and u.max() < 1.0
+    assert u.min() > 0.0 and u.max() <= 1.0
+    # On the 2^-52 grid: u * 2^52 is an integer.
+    np.testing.assert_array_equal(u * 2.0**52, np.round(u * 2.0**52))
     assert stats.kstest(u, "uniform").pvalue > 1e-4
     e = gen.exponential(N)
-    assert np.all(np.isfinite(e)) and e.min() > 0
+    assert np.all(np.isfinite(e)) and e.min() >= 0 and e.max() <= 52 * math.log(2) + 1e-9
     assert abs(e.mean() - 1.0) <= 5 / math.sqrt(N)  # Exp(1): mean 1, sd 1
 
 
 def test_zero_sigma_and_empty_shape() -> None:
     gen = NoiseGenerator(seed(8))
-    np.testing.assert_array_equal(discrete_gaussian((4, 5), 0.0, gen=gen), np.zeros((4, 5), np.int64))
+    zeros = discrete_gaussian((4, 5), 0.0, gen=gen)
+    np.testing.assert_array_equal(zeros, np.zeros((4, 5), np.int64))
     assert discrete_gaussian((0,), 2.0, gen=gen).shape == (0,)
     assert skellam(3, 0.0, gen=gen).tolist() == [0, 0, 0]
 

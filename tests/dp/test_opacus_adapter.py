@@ -85,7 +85,7 @@ def test_update_is_trained_minus_initial_and_caller_model_untouched() -> None:
 
 
 @pytest.mark.parametrize("mode", list(GradSampleMode))
-def test_one_full_batch_step_equals_mean_of_clipped_per_example_gradients(mode: GradSampleMode) -> None:
+def test_one_full_batch_step_is_the_mean_clipped_gradient(mode: GradSampleMode) -> None:
     """With q = 1 (one batch of all 64 examples) and negligible noise, DP-SGD's step is
     -lr * mean_i clip(g_i, C): computed here from per-example gradients in a plain loop."""
     ds = data(64, seed=4)
@@ -104,8 +104,10 @@ def test_one_full_batch_step_equals_mean_of_clipped_per_example_gradients(mode: 
     np.testing.assert_allclose(r.update, expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", [GradSampleMode.GHOST, GradSampleMode.FUNCTORCH, GradSampleMode.EW])
-def test_every_engine_gives_the_hooks_update(mode: GradSampleMode, hooks_result: DPSGDResult) -> None:
+@pytest.mark.parametrize("mode",
+                         [GradSampleMode.GHOST, GradSampleMode.FUNCTORCH, GradSampleMode.EW])
+def test_every_engine_gives_the_hooks_update(mode: GradSampleMode,
+                                             hooks_result: DPSGDResult) -> None:
     """Same seed, same batches, same noise: the per-sample-gradient engine must not matter."""
     r = run(mode)
     assert r.event == hooks_result.event

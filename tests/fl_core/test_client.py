@@ -6,7 +6,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from dp.accounting import AccountantKind
 from fl_core.client import OptimizerName, SampleDP, evaluate, local_train
+from fl_core.config import GradSampleMode  # the config's enums are accepted too
 from fl_core.data import load_federated
 from fl_core.errors import ConfigFieldError
 from fl_core.models import build_model
@@ -184,7 +186,8 @@ def test_dp_sgd_event_and_in_place_update():
     m = build_model("mlp", in_features=8, seed=0)
     start = model_to_vector(m)
     res = local_train(m, (x, y), epochs=2, lr=0.1, batch_size=32, generator=torch.Generator().manual_seed(0),
-                      dp=SampleDP(max_grad_norm=1.0, noise_multiplier=1.1, delta=1e-5))
+                      dp=SampleDP(max_grad_norm=1.0, noise_multiplier=1.1, delta=1e-5,
+                                  grad_sample_mode=GradSampleMode.HOOKS, accountant=AccountantKind.PRV))
     # 256 examples, batch 32: q = 1 / ceil(256 / 32) = 1/8 and 8 steps per epoch -> 16 noisy steps.
     assert res.num_steps == 16 and res.num_examples == 256
     assert res.event == ComposedEvent(PoissonSampledEvent(0.125, GaussianEvent(1.1)), 16)

@@ -189,3 +189,15 @@ def test_toml_writer_nan():
 def test_enums_in_config_are_the_library_enums(tmp_path):
     cfg = _load(tmp_path, "[local]\noptimizer = 'adam'\nmomentum = 0.0\n")
     assert cfg.local.optimizer is OptimizerName.ADAM
+
+
+def test_sections_build_what_they_describe(tmp_path):
+    import numpy as np
+
+    from fl_core.params import model_to_vector
+
+    cfg = _load(tmp_path, "clients_per_round = 5\n[data]\nnum_clients = 7\npartition = 'shards'\n[model]\nhidden = 16\n")
+    fds = cfg.data.load(rng=np.random.default_rng(0))
+    assert fds.num_clients == 7 and fds.name == "digits"
+    m = cfg.model.build(in_features=fds.in_features, seed=0)
+    assert model_to_vector(m).size == 64 * 16 + 16 + 16 * 10 + 10  # MLP 64 -> 16 -> 10

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fl_core.client import evaluate, local_train
+from fl_core.client import SampleDP, evaluate, local_train
 from fl_core.data import load_federated
 from fl_core.errors import ConfigFieldError
 from fl_core.models import build_model
@@ -36,7 +36,7 @@ def test_worst_fraction_mean(values, expected):
 
 def test_worst_fraction_mean_bad_fraction():
     with pytest.raises(ConfigFieldError, match="fraction"):
-        worst_fraction_mean([1.0], 0.0)
+        worst_fraction_mean([1.0], fraction=0.0)
 
 
 def test_report_summary():
@@ -99,3 +99,16 @@ def test_bad_arguments(skewed):
     with pytest.raises(ConfigFieldError, match="personal_params"):
         personalize(g, fds.clients[:1], steps=1, lr=0.1, personal_layers=("head",),
                     personal_params={0: {"body.1.weight": torch.zeros(64, 64)}})
+
+
+def test_dp_fine_tuning_returns_each_clients_event(skewed):
+    from dp.events import ComposedEvent, GaussianEvent, PoissonSampledEvent
+
+    fds, g = skewed
+    res = personalize(g, fds.clients[:2], steps=3, lr=0.05, batch_size=8,
+                      dp=SampleDP(max_grad_norm=1.0, noise_multiplier=1.0), generator=torch.Generator().manual_seed(0))
+    assert sorted(res.events) == [0, 1]
+    for i, ev in res.events.items():
+        # q = 1 / ceil(n_i / 8) (Opacus' Poisson rate for expected batch 8), 3 noisy steps
+        q = 1 / -(-fds.client(i).num_train // 8)
+        assert ev == ComposedEvent(PoissonSampledEvent(q, GaussianEvent(1.0)), 3)
