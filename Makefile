@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m secagg.demo
+	$(PY) -m fl_core run --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

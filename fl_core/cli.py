@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
 
-    from .config import RunConfig, load_config
+    from .config import default_config, load_config
     from .run import run
 
     try:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(a.config) if a.config else load_config(out / "config.resolved.toml", check_files=False)
             config_dir = a.config.parent if a.config else None
         else:
-            cfg = load_config(a.config) if a.config else RunConfig()
+            cfg = load_config(a.config) if a.config else default_config()
             out = a.out or Path("runs") / (a.config.stem if a.config else "default")
             config_dir = a.config.parent if a.config else None
         run(cfg, out, resume=a.resume is not None, progress=not a.no_progress, config_dir=config_dir)

@@ -550,6 +550,14 @@ def config_from_dict(table: Mapping[str, Any], *, base_dir: str | os.PathLike | 
     return cfg
 
 
+DEFAULT_EXAMPLE = Path(__file__).parent / "default_example.toml"
+
+
+def default_config() -> RunConfig:
+    """The default example: what ``python -m fl_core run`` and ``make demo`` train."""
+    return load_config(DEFAULT_EXAMPLE)
+
+
 def load_config(path: str | os.PathLike, *, check_files: bool = True) -> RunConfig:
     """Read a TOML run config; every bad field is named in one ``ConfigFieldError``."""
     path = Path(path)

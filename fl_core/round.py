@@ -71,8 +71,12 @@ class RoundOutcome:
 
 
 def graph_parameters(n: int, spec: SecureRoundSpec) -> tuple[GraphKind, int, int]:
-    """(graph, k, t) for a round of n clients: explicit values, else the SecAgg+ rule."""
-    total_dropout = min(0.9, sum(spec.dropout.values()))
+    """(graph, k, t) for a round of n clients: explicit values, else the SecAgg+ rule.
+
+    The rule counts at most ceil(dropout * n) dropouts; simulated dropouts are Bernoulli per
+    client, so the rule is given the rate plus three binomial standard deviations."""
+    p = min(0.9, sum(spec.dropout.values()))
+    total_dropout = min(0.9, p + 3 * math.sqrt(p * (1 - p) / n) + (1 / n if p > 0 else 0))
     if spec.graph is GraphKind.COMPLETE or n <= 3:
         k = n - 1
         t = math.ceil(spec.threshold_fraction * k) if spec.threshold_fraction else k // 2 + 1
