@@ -163,8 +163,14 @@ class _PrivacyPlan:
             self.per_client.load_state_dict(state["per_client"])
 
 
+def load_run_data(cfg: RunConfig) -> FederatedDataset:
+    """The exact data a run with this config trains on (its split is derived from the seed), e.g.
+    to pretrain on its ``public`` part before the run."""
+    return cfg.data.load(rng=np.random.default_rng(_int_seed(cfg.seed, "data")))
+
+
 def _build(cfg: RunConfig, config_dir: Path | None):
-    data = cfg.data.load(rng=np.random.default_rng(_int_seed(cfg.seed, "data")))
+    data = load_run_data(cfg)
     model = cfg.model.build(in_features=data.in_features, num_classes=data.num_classes,
                             seed=_int_seed(cfg.seed, "model"))
     if cfg.init.mode is InitMode.PRETRAINED:

@@ -62,7 +62,7 @@ class Envelope:
     stage: ProtocolStage
     connection: int
     to_server: bool
-    data: bytes
+    data: bytes | Message  # a message object reaches the party as is (its object API)
     only_if_rejected: bool = False
 
 
@@ -93,6 +93,7 @@ class RoundReport:
     revealed: dict[tuple[int, ShareKind], set[int]] = field(default_factory=dict)  # by honest clients
     altered_unmask_senders: set[int] = field(default_factory=set)  # their accepted response was altered
     tampered_accepted: Counter = field(default_factory=Counter)   # message type -> count
+    hostile_results: list[str] = field(default_factory=list)      # per altered delivery: "accepted" or the error
     faults: Counter = field(default_factory=Counter)              # fault kind -> count (set by the network)
     client_aborts: int = 0
 
@@ -174,20 +175,23 @@ def run_round(config: RoundConfig, inputs: Mapping[int, np.ndarray], *,
         for env in batch:
             if env.only_if_rejected and accepted:
                 continue
-            if deliver_one(env, env.data != genuine.data or env.connection != genuine.connection):
-                accepted = True
+            altered = not isinstance(env.data, bytes) or env.data != genuine.data or env.connection != genuine.connection
+            result = deliver_one(env, altered)
+            accepted = accepted or result == "accepted"
+            if altered:
+                rep.hostile_results.append(result)
 
     def to_server(genuine: Envelope) -> None:
         deliver_batch(network(genuine), genuine, server_receives)
 
-    def server_receives(env: Envelope, tampered: bool) -> bool:
+    def server_receives(env: Envelope, tampered: bool) -> str:
         try:
-            msg = wire.decode(env.data)
+            msg = env.data if not isinstance(env.data, (bytes, bytearray)) else wire.decode(env.data)
         except SecAggError:
             msg = None
         if bind_senders and msg is not None and party_of(msg) != env.connection:
             rep.transport_rejected += 1
-            return False
+            return "transport"
         before = server.stage
         try:
             out = server.receive(env.data)
@@ -197,10 +201,10 @@ def run_round(config: RoundConfig, inputs: Mapping[int, np.ndarray], *,
                 rep.aborted = rep.aborted or e
             elif server.stage is not before:
                 rep.crashes.append(f"server changed stage {before.value} -> {server.stage.value} on a rejected message")
-            return False
+            return type(e).__name__
         except Exception as e:  # noqa: BLE001 - the campaign records every escape
             crash("server.receive", e)
-            return False
+            return "crash"
         if tampered:
             rep.tampered_accepted[type(msg).__name__] += 1
         if isinstance(msg, MaskedInput):
@@ -208,12 +212,12 @@ def run_round(config: RoundConfig, inputs: Mapping[int, np.ndarray], *,
         if isinstance(msg, UnmaskResponse) and tampered:
             rep.altered_unmask_senders.add(msg.sender)
         pending.extend(_envelopes(out))
-        return True
+        return "accepted"
 
-    def client_receives(env: Envelope, tampered: bool) -> bool:
-        c = clients[env.connection]
-        if env.connection in dropouts.gone_by(env.stage) or c.stage is Stage.ABORTED:
-            return False
+    def client_receives(env: Envelope, tampered: bool) -> str:
+        c = clients.get(env.connection)
+        if c is None or env.connection in dropouts.gone_by(env.stage) or c.stage is Stage.ABORTED:
+            return "not delivered"
         before = c.stage
         try:
             reply = c.receive(env.data)
@@ -223,17 +227,17 @@ def run_round(config: RoundConfig, inputs: Mapping[int, np.ndarray], *,
                 rep.client_aborts += 1
             elif c.stage is not before:
                 rep.crashes.append(f"client {c.id} changed stage {before.value} -> {c.stage.value} on a rejected message")
-            return False
+            return type(e).__name__
         except Exception as e:  # noqa: BLE001
             crash(f"client {c.id}.receive", e)
-            return False
+            return "crash"
         if isinstance(reply, MaskedInput):
             rep.genuine_inputs[c.id] = reply.words.copy()
         if isinstance(reply, UnmaskResponse):
             for s in reply.shares:
                 rep.revealed.setdefault((s.owner, s.kind), set()).add(c.id)
         to_server(Envelope(env.stage, c.id, True, wire.encode(reply)))
-        return True
+        return "accepted"
 
     def _envelopes(msgs: list[Message]) -> list[Envelope]:
         return [Envelope(_REPLY_STAGE[type(m)], m.receiver, False, wire.encode(m)) for m in msgs]
