@@ -2,6 +2,7 @@
 
 Without --config it runs the default example (digits, secure aggregation, client-level DP).
 `--resume DIR` continues the run in DIR from its last checkpoint.
+`python -m fl_core audit RUN_DIR` audits a finished run (``fl_core.audit``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,19 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<config name>)")
     r.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    au = sub.add_parser("audit", help="audit a finished run: its guarantees, the server's view, empirical privacy "
+                        "(writes RUN_DIR/audit.json and audit.md; exit status 1 when flagged)")
+    au.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    au.add_argument("--no-witness", action="store_true", help="do not re-run the recorded rounds from the seed")
     a = p.parse_args(argv)
+
+    if a.command == "audit":
+        from .audit import main as audit_main
+        try:
+            return audit_main(a)
+        except SecAggError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
     from .config import default_config, load_config
     from .run import run

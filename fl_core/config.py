@@ -54,7 +54,7 @@ from .strategy import ServerOptName, make_server_optimizer
 __all__ = [
     "DPMode", "GradSampleMode", "AccountantKind", "GraphKind", "InitMode",
     "DataConfig", "ModelConfig", "LocalConfig", "ServerConfig", "DPConfig", "DropoutConfig",
-    "SecAggConfig", "InitConfig", "PersonalizeConfig", "RunConfig",
+    "SecAggConfig", "InitConfig", "PersonalizeConfig", "AuditConfig", "RunConfig",
     "load_config", "config_from_dict", "dump_config", "config_problems",
 ]
 
@@ -218,6 +218,21 @@ class PersonalizeConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """What the run keeps for ``python -m fl_core audit`` (docs/audit.md). ``record_rounds``: keep
+    the bytes of every message the server received in the first N rounds, for the server-view
+    check (0 = none). ``canaries``: client-level canary clients inserted into rounds (needs
+    ``dp.mode = "client"``); ``null_canaries``: never-inserted ones for the null (default: as many
+    as ``canaries``). ``canary_examples``: sample-level canary examples, each included with
+    probability 1/2 (needs ``dp.mode = "sample"``)."""
+
+    record_rounds: int = 1
+    canaries: int = 0
+    null_canaries: int | None = None
+    canary_examples: int = 0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """One federated run. Constructing it checks every field; ``ConfigFieldError`` names them all."""
 
@@ -235,6 +250,7 @@ class RunConfig:
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     init: InitConfig = field(default_factory=InitConfig)
     personalize: PersonalizeConfig = field(default_factory=PersonalizeConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def __post_init__(self) -> None:
         problems = config_problems(self)
@@ -353,6 +369,11 @@ def _section_problems(cfg: RunConfig) -> _Problems:
         p.add("personalize.personal_layers", pz.personal_layers, "must be a list of non-empty name prefixes")
     if pz.lr is not None:
         p.number_in("personalize.lr", pz.lr, 0, inf, lo_open=True, hi_open=True)
+    # audit
+    for name in ("record_rounds", "canaries", "canary_examples"):
+        p.int_at_least(f"audit.{name}", getattr(cfg.audit, name), 0)
+    if cfg.audit.null_canaries is not None:
+        p.int_at_least("audit.null_canaries", cfg.audit.null_canaries, 2)
     return p
 
 
@@ -443,6 +464,17 @@ def _cross_problems(cfg: RunConfig, p: _Problems) -> None:
                   f"prefixes {unused} match no layer of {cfg.model.name.value} (layers: {names})")
         elif all(matches_prefix(n, pz.personal_layers) for n in names):
             p.add("personalize.personal_layers", list(pz.personal_layers), "leaves no shared layer to train")
+    # audit: canaries go through the mechanism whose claim they test
+    au = cfg.audit
+    if ok("audit.canaries", "dp.mode") and au.canaries and dp.mode is not DPMode.CLIENT:
+        p.add("audit.canaries", au.canaries, "canary clients audit client-level DP: needs dp.mode = 'client'")
+    if ok("audit.canaries") and au.canaries == 1:
+        p.add("audit.canaries", au.canaries, "use 0 or at least 2 (a Gaussian is fitted to their statistics)")
+    if ok("audit.canary_examples", "dp.mode") and au.canary_examples and dp.mode is not DPMode.SAMPLE:
+        p.add("audit.canary_examples", au.canary_examples,
+              "canary examples audit sample-level DP: needs dp.mode = 'sample'")
+    if ok("audit.null_canaries") and au.null_canaries is not None and not au.canaries:
+        p.add("audit.null_canaries", au.null_canaries, "needs audit.canaries > 0")
 
 
 def config_problems(cfg: RunConfig) -> list[tuple[str, str]]:

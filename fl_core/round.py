@@ -68,6 +68,14 @@ class RoundOutcome:
     seconds: float
     upload_bytes_per_client: int
     total_examples: int | None = None
+    messages: list[tuple[int, int, bytes]] | None = None  # the bytes themselves, with Transcript.FULL
+    aggregate: np.ndarray | None = None                   # the words the server unmasked (sum mod 2^bits)
+
+
+def rule_dropout(n: int, spec: SecureRoundSpec) -> float:
+    """The dropout fraction the SecAgg+ (k, t) rule is given for a round of n clients."""
+    p = min(0.9, sum(spec.dropout.values()))
+    return max(min(0.9, p + 3 * math.sqrt(p * (1 - p) / n) + (1 / n if p > 0 else 0)), 0.01)
 
 
 def graph_parameters(n: int, spec: SecureRoundSpec) -> tuple[GraphKind, int, int]:
@@ -75,14 +83,12 @@ def graph_parameters(n: int, spec: SecureRoundSpec) -> tuple[GraphKind, int, int
 
     The rule counts at most ceil(dropout * n) dropouts; simulated dropouts are Bernoulli per
     client, so the rule is given the rate plus three binomial standard deviations."""
-    p = min(0.9, sum(spec.dropout.values()))
-    total_dropout = min(0.9, p + 3 * math.sqrt(p * (1 - p) / n) + (1 / n if p > 0 else 0))
     if spec.graph is GraphKind.COMPLETE or n <= 3:
         k = n - 1
         t = math.ceil(spec.threshold_fraction * k) if spec.threshold_fraction else k // 2 + 1
         return GraphKind.COMPLETE, k, max(1, min(t, k))
     try:
-        k_auto, t_auto = choose_k_t(n, dropout=max(total_dropout, 0.01), corrupt=spec.corrupt)
+        k_auto, t_auto = choose_k_t(n, dropout=rule_dropout(n, spec), corrupt=spec.corrupt)
     except ConfigError:
         k_auto, t_auto = n - 1, (n - 1) // 2 + 1
     k = min(spec.k if spec.k is not None else k_auto, n - 1)
@@ -124,9 +130,14 @@ def seeded_randbytes(seed: bytes) -> Callable[[int], bytes]:
 
 def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], *, spec: SecureRoundSpec,
                 ddg: DDGPlan | None, round_seed: bytes, rng: np.random.Generator,
-                secure_randomness: bool) -> RoundOutcome:
+                secure_randomness: bool, transcript: Transcript = Transcript.DIGEST,
+                on_inputs: Callable[[Mapping[int, np.ndarray]], None] | None = None) -> RoundOutcome:
     """The mean update over the survivors of one secure round (uniform with DDG, else weighted
-    by example counts). Raises RoundAborted when the protocol aborts."""
+    by example counts). Raises RoundAborted when the protocol aborts.
+
+    ``transcript=Transcript.FULL`` also returns the bytes of every message the server received
+    (``messages``; the audit keeps them). ``on_inputs`` is called with each client's encoded,
+    not yet masked words before the protocol runs (the audit's witness re-derivation)."""
     ids = tuple(sorted(updates))
     n = len(ids)
     t0 = time.perf_counter()
@@ -164,17 +175,22 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
         if bits not in (32, 64):
             agg &= agg.dtype.type((1 << bits) - 1)
         stage_survivors, digests, k, t, up = {}, [], 0, 0, 0
+        messages = None
     else:
         kind, k, t = graph_parameters(n, spec)
         session = randbytes(32)
         cfg = RoundConfig(session_id=session, client_ids=ids, dim=vec_dim, bits=bits, threshold=t,
                           min_survivors=spec.min_survivors, graph=kind, k=k if kind is GraphKind.SPARSE else None)
         schedule = dropout_schedule(ids, spec.dropout, rng)
-        res = simulate(cfg, words, dropouts=schedule, transcript=Transcript.DIGEST, randbytes=randbytes)
+        if on_inputs is not None:
+            on_inputs(words)
+        res = simulate(cfg, words, dropouts=schedule, transcript=transcript, randbytes=randbytes)
         if res.aborted is not None:
             raise RoundAborted(str(res.aborted))
         survivors, agg, stage_survivors = res.survivors, res.aggregate, res.stage_survivors
-        digests = [(s, u, d.hex()) for s, u, d in res.transcript]
+        messages = res.transcript if transcript is Transcript.FULL else None
+        digests = ([(s, u, hashlib.sha256(b).hexdigest()) for s, u, b in messages] if messages is not None
+                   else [(s, u, d.hex()) for s, u, d in res.transcript])
         up = max(res.masked_input_bytes.values())
 
     m = len(survivors)
@@ -188,4 +204,4 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
     return RoundOutcome(mean_update=mean.astype(np.float32), sampled=ids, survivors=tuple(survivors),
                         stage_survivors=stage_survivors, k=k, threshold=t, digests=digests,
                         seconds=time.perf_counter() - t0, upload_bytes_per_client=up,
-                        total_examples=total_examples)
+                        total_examples=total_examples, messages=messages, aggregate=agg)

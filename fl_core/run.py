@@ -38,6 +38,7 @@ from dp.events import ComposedEvent, GaussianEvent, PoissonSampledEvent, UnitOfP
 from secagg.config import GraphKind as SecAggGraph
 from secagg.simulate import ProtocolStage
 
+from .canaries import AuditRecorder
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .client import SampleDP, evaluate, local_train
 from .config import DPMode, InitMode, RunConfig, dump_config
@@ -203,11 +204,12 @@ def _append_ledger(out: Path, record: dict) -> None:
 
 def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
         config_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print,
-        crash_after_release: int | None = None) -> RunSummary:
+        crash_after_release: int | None = None, witness: dict | None = None) -> RunSummary:
     """Train federatedly with secure aggregation and DP; see the module docstring.
 
     ``crash_after_release``: test hook, raise SystemExit right after that round's release (before
-    its checkpoint), to exercise the ledger.
+    its checkpoint), to exercise the ledger. ``witness``: audit hook, filled with
+    ``{round: {client: encoded words before masking}}`` (``fl_core.audit`` re-derives a run).
     """
     from .report import write_outputs  # matplotlib only when writing outputs
 
@@ -215,12 +217,15 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data, model = _build(cfg, Path(config_dir) if config_dir else None)
+    recorder = AuditRecorder(cfg, out, resume=resume)  # canaries and records for `fl_core audit`
+    data = recorder.augment_data(data)
     personal = tuple(cfg.personalize.personal_layers)
     params = model_to_vector(model, exclude=personal)
     dim = len(params)
     n_clients = data.num_clients
-    expected = cfg.expected_clients_per_round()
-    max_clients = cfg.clients_per_round if cfg.clients_per_round is not None else n_clients
+    recorder.setup_clients(dim=dim, num_clients=n_clients)
+    expected = cfg.expected_clients_per_round() + recorder.expected_canaries()
+    max_clients = (cfg.clients_per_round if cfg.clients_per_round is not None else n_clients) + recorder.max_canaries()
     min_survivors = max(2, math.ceil(cfg.secagg.min_survivors * expected))
     min_survivors = min(min_survivors, max_clients)
     privacy = _PrivacyPlan(cfg, data, dim, min_survivors, max_clients)
@@ -265,6 +270,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
             (out / name).unlink(missing_ok=True)
     vector_to_model(params, model, exclude=personal)
     (out / "config.resolved.toml").write_text(dump_config(cfg))
+    recorder.start(params, start)
 
     bar = None
     if progress:
@@ -333,12 +339,15 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
         if privacy.mode is DPMode.CLIENT:
             record["event"] = privacy.round_event.to_dict()
         _append_ledger(out, record)
+        for u, upd in recorder.canary_updates(r).items():  # audit canaries: clients like any other
+            updates[u], examples[u] = upd, 1
         aborted = None
         try:
             if len(sampled) < 2:
                 raise RoundAborted(f"{len(sampled)} clients sampled")
             outcome = secure_mean(updates, examples, spec=spec, ddg=privacy.ddg, round_seed=round_seed,
-                                  rng=rng, secure_randomness=cfg.secure_randomness)
+                                  rng=rng, secure_randomness=cfg.secure_randomness, transcript=recorder.transcript(r),
+                                  on_inputs=None if witness is None else (lambda w, r=r: witness.__setitem__(r, dict(w))))
         except RoundAborted as e:
             outcome, aborted = None, str(e)
         if privacy.mode is DPMode.CLIENT:
@@ -354,6 +363,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
             vector_to_model(params, model, exclude=personal)
             with open(out / "transcript.jsonl", "a") as f:
                 f.write(json.dumps({"round": r + 1, "messages": outcome.digests}) + "\n")
+        recorder.end_round(r, params, outcome)
         test_loss, acc = evaluate(model, data.test)
         eps = privacy.epsilon()
         survivors = len(outcome.survivors) if outcome else 0
@@ -366,6 +376,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
             m.update({"k": outcome.k, "threshold": outcome.threshold,
                       "upload_bytes_per_client": outcome.upload_bytes_per_client,
                       "secagg_seconds": outcome.seconds})
+        if recorder.client is not None:
+            m["canaries"] = len(recorder.schedule.get(str(r), []))
         metrics.append(m)
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(m) + "\n")

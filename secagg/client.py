@@ -10,6 +10,7 @@ of one peer, a survivor list that grew) raises ``RefusedRequestError`` and abort
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from .messages import (AdvertiseKeys, ConsistencyRequest, ConsistencySignature, 
 from .state import Event, Stage, next_stage
 
 STAGE_SHARES = 1  # the AEAD stage byte for encrypted shares
+STATE_VERSION = 1  # ClientParty.to_state() layout
+_STATE_MAGIC = b"SAst"
 
 
 def keys_signed_bytes(session_id: bytes, client_id: int, channel_pk: bytes, mask_pk: bytes) -> bytes:
@@ -155,6 +158,72 @@ class ClientParty:
         self._self_seed = self._mask = self._channel = None
         self._held.clear()
         self._share_keys.clear()
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_state(self) -> bytes:
+        """The party as bytes, for transports that handle each message in a fresh process (Flower's
+        ClientApp keeps it in the node's Context between messages). It holds the round's private
+        keys, self-mask seed and held shares: keep it where the client's own secrets may live. The
+        signing key and the randomness source are not saved; pass them again to ``from_state``.
+
+        Layout: b"SAst" | header length (4 B BE) | JSON header (hex for bytes) | input words.
+        """
+        def hx(b: bytes | None) -> str | None:
+            return None if b is None else b.hex()
+
+        head = {"v": STATE_VERSION, "session": self.config.session_id.hex(), "id": self.id,
+                "stage": self.stage.value,
+                "channel": hx(self._channel.private if self._channel else None),
+                "mask": hx(self._mask.private if self._mask else None),
+                "self_seed": hx(self._self_seed),
+                "peers": {str(v): [c.hex(), s.hex()] for v, (c, s) in self._peers.items()},
+                "held": {str(v): [a.hex(), b.hex()] for v, (a, b) in self._held.items()},
+                "share_keys": {str(v): k.hex() for v, k in self._share_keys.items()},
+                "survivors": None if self._survivors is None else list(self._survivors)}
+        body = json.dumps(head, separators=(",", ":")).encode()
+        words = b"" if self._input is None else self._input.tobytes()
+        return _STATE_MAGIC + struct.pack(">I", len(body)) + body + words
+
+    @classmethod
+    def from_state(cls, config: RoundConfig, state: bytes, *, signing_key: SigningKey | None = None,
+                   randbytes: Callable[[int], bytes] = os.urandom) -> "ClientParty":
+        """The party ``to_state`` saved, in the same stage; ``config`` is the round's configuration."""
+        def unhex(h):
+            return None if h is None else bytes.fromhex(h)
+
+        try:
+            state = bytes(state)
+            if state[:4] != _STATE_MAGIC:
+                raise ValueError(f"bad magic {state[:4]!r}")
+            (n,) = struct.unpack_from(">I", state, 4)
+            head = json.loads(state[8:8 + n])
+            raw = state[8 + n:]
+            if head["v"] != STATE_VERSION:
+                raise ValueError(f"version {head['v']!r}, this library reads {STATE_VERSION}")
+            session, client_id, stage = unhex(head["session"]), int(head["id"]), Stage(head["stage"])
+            keys = [(k, unhex(head[k])) for k in ("channel", "mask")]
+            self_seed = unhex(head["self_seed"])
+            peers = {int(v): (bytes.fromhex(c), bytes.fromhex(s)) for v, (c, s) in head["peers"].items()}
+            held = {int(v): (bytes.fromhex(a), bytes.fromhex(b)) for v, (a, b) in head["held"].items()}
+            share_keys = {int(v): bytes.fromhex(k) for v, k in head["share_keys"].items()}
+            survivors = None if head["survivors"] is None else tuple(int(u) for u in head["survivors"])
+        except (ValueError, KeyError, TypeError, struct.error) as e:
+            raise InputError(f"state is not a saved ClientParty: {e}") from None
+        if session != config.session_id:
+            raise LocalProtocolError(f"state is of session {session.hex()[:16]}…, config is of session "
+                                     f"{config.session_id.hex()[:16]}…")
+        party = cls(config, client_id, signing_key=signing_key, randbytes=randbytes)
+        if raw:
+            dtype = wire.word_dtype(config.bits)
+            if len(raw) != config.dim * dtype.itemsize:
+                raise InputError(f"state holds {len(raw)} bytes of input, expected {config.dim} words of {dtype}")
+            party._input = check_words(np.frombuffer(raw, dtype=dtype), config, what="saved input")
+        for name, private in keys:
+            setattr(party, f"_{name}", None if private is None else kex.KeyPair.from_private(private))
+        party.stage, party._self_seed, party._survivors = stage, self_seed, survivors
+        party._peers, party._held, party._share_keys = peers, held, share_keys
+        return party
 
     # ------------------------------------------------------------------ stage 1: share keys
 

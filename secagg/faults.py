@@ -380,8 +380,9 @@ def run_trial(seed: int, index: int, *, old_session: Sequence[Envelope] = (), ma
 OUTCOMES = ("exact", "exact_altered_input", "aborted", "wrong", "crashed")
 
 
-def campaign(trials: int, seed: int, *, max_n: int = 60, progress: Callable[[int], None] | None = None) -> dict:
-    """Run ``trials`` trials and summarize; ``wrong`` and ``crashed`` must be 0."""
+def campaign(trials: int, seed: int, *, max_n: int = 60, on_trial: Callable | None = None) -> dict:
+    """Run ``trials`` trials and summarize; ``wrong`` and ``crashed`` must be 0. ``on_trial(spec,
+    report, network, dropouts)`` sees every trial (the tests check fault-free ones against an oracle)."""
     t0 = time.perf_counter()
     counts: Counter = Counter()
     by: dict[str, Counter] = {}
@@ -393,7 +394,7 @@ def campaign(trials: int, seed: int, *, max_n: int = 60, progress: Callable[[int
     extra = Counter()
     old: Sequence[Envelope] = ()
     for i in range(trials):
-        spec, rep, net, _ = run_trial(seed, i, old_session=old, max_n=max_n)
+        spec, rep, net, drops = run_trial(seed, i, old_session=old, max_n=max_n)
         old = net.seen
         out = rep.outcome()
         counts[out] += 1
@@ -414,8 +415,8 @@ def campaign(trials: int, seed: int, *, max_n: int = 60, progress: Callable[[int
         if out in ("wrong", "crashed") and len(failures) < 20:
             failures.append({**spec.describe(), "seed": seed, "outcome": out,
                              "why": rep.crashes[:3] + rep.problems()[:3]})
-        if progress:
-            progress(i)
+        if on_trial:
+            on_trial(spec, rep, net, drops)
     return {
         "trials": trials, "seed": seed, **{k: counts[k] for k in OUTCOMES},
         "leaked": extra["leaked"], "seconds": round(time.perf_counter() - t0, 2),

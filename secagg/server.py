@@ -37,6 +37,8 @@ from .state import Event, Stage, next_stage
 
 #: How many t-subsets of a larger share set to try when some shares are forged.
 MAX_SUBSET_TRIES = 256
+#: Any fixed scalar: agreeing with it rejects small-order (and wrong-length) public keys at stage 0.
+_KEY_CHECK = kex.private_key(hashlib.sha256(b"secagg/v1/server-key-check").digest())
 
 _EXPECTED = {
     Stage.COLLECT_KEYS: AdvertiseKeys,
@@ -148,6 +150,8 @@ class ServerParty:
                    keys_signed_bytes(cfg.session_id, msg.sender, msg.channel_pk, msg.mask_pk))
         elif msg.signature:
             raise RemoteProtocolError(f"server: client {msg.sender} signed its keys in semi-honest mode")
+        for key in (msg.channel_pk, msg.mask_pk):  # a small-order key fails every agreement, later and elsewhere
+            kex.agree(_KEY_CHECK, key)
         self._keys[msg.sender] = msg.peer_keys()
 
     def _close_keys(self, live):

@@ -1,0 +1,1 @@
+"""Digits on Flower with our secure aggregation and distributed DP (see docs/flower.md)."""

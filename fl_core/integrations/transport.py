@@ -1,0 +1,365 @@
+"""Transport-neutral glue between secagg's sans-I/O parties and any carrier of bytes.
+
+A secure round is a few request/reply exchanges between a server and its clients, each carrying
+opaque bytes. Flower's Message API (``flower.py``) is one carrier; anything that can send bytes to
+a set of clients and collect the replies that arrive before a deadline is another. Nothing here
+imports a framework, so the same code is tested in one process and runs over Flower unchanged.
+
+- ``RoundSetup``: what the server sends first: the public ``RoundConfig``, the round number, a
+  public round seed and an ``InputSpec`` saying how a client turns its update into words. JSON, so
+  another implementation can read it (docs/flower.md, "Use with any transport").
+- ``client_begin`` / ``client_step``: the client as pure functions of (state bytes, message bytes);
+  a carrier that handles each message in a fresh process (Flower) keeps the state between messages.
+- ``run_server_round``: the server over an ``Exchange`` callable. A client whose reply does not
+  come back before the deadline is a dropout. The server only ever sees masked words.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import math
+import os
+import struct
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dp.distributed import DDGConfig, DDGPlan
+from dp.distributed import decode_sum as ddg_decode_sum
+from dp.distributed import encode_client as ddg_encode
+from dp.rotation import padded_dim
+from secagg import wire
+from secagg.client import ClientParty
+from secagg.config import GraphKind, RoundConfig
+from secagg.encoding import FixedPointEncoding, clip_l2
+from secagg.errors import (ConfigError, DecodeError, InputError, RefusedRequestError,
+                           RemoteProtocolError, SecAggError)
+from secagg.hazmat.sign import SigningKey
+from secagg.messages import ConsistencyRequest, ForwardedShares, KeysBroadcast, Message, UnmaskRequest, party_of
+from secagg.server import RoundResult, ServerParty
+
+__all__ = ["Step", "InputKind", "InputSpec", "RoundSetup", "StepResult", "Exchange", "ServerRoundStats",
+           "encode_input", "decode_aggregate", "test_words", "check_setup", "client_begin", "client_step",
+           "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION"]
+
+SETUP_VERSION = 1
+_STATE_MAGIC = b"SAfs"  # client state: setup bytes + ClientParty.to_state()
+
+
+class Step(enum.Enum):
+    """One request/reply exchange of a round, named by what the server sends."""
+
+    SETUP = "setup"              # RoundSetup          -> AdvertiseKeys
+    KEYS = "keys"                # KeysBroadcast       -> ShareKeys
+    SHARES = "shares"            # ForwardedShares     -> MaskedInput
+    CONSISTENCY = "consistency"  # ConsistencyRequest  -> ConsistencySignature (active mode)
+    UNMASK = "unmask"            # UnmaskRequest       -> UnmaskResponse
+
+
+_STEP_OF = {KeysBroadcast: Step.KEYS, ForwardedShares: Step.SHARES, ConsistencyRequest: Step.CONSISTENCY,
+            UnmaskRequest: Step.UNMASK}
+
+
+class InputKind(enum.Enum):
+    DDG = "ddg"                  # client-level distributed DP (dp.distributed, KLS 2021)
+    FIXED_POINT = "fixed-point"  # no noise: L2 clip, weight by examples, fixed point, + count word
+    WORDS = "words"              # test only: words drawn from (seed, client, round), no training
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How every client turns its update (``dim`` floats) into words of ``bits`` bits.
+
+    DDG: the noise is calibrated for ``min_survivors`` shares and the range for ``num_clients``;
+    give (``epsilon``, ``delta``) over ``rounds`` rounds or a ``noise_multiplier``. Each client
+    derives the plan itself from these public numbers, so the server never hands it a noise level.
+    FIXED_POINT: ``l2_clip`` bounds the update, ``example_cap`` the example count (its weight).
+    """
+
+    kind: InputKind
+    dim: int
+    bits: int
+    l2_clip: float = 1.0
+    num_clients: int = 2
+    min_survivors: int = 2
+    epsilon: float | None = None
+    delta: float | None = None
+    noise_multiplier: float | None = None
+    rounds: int = 1
+    sampling_rate: float = 1.0
+    example_cap: int = 1
+    test_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, InputKind):
+            raise ConfigError(f"kind must be an InputKind, got {self.kind!r}")
+        for name in ("dim", "bits", "num_clients", "min_survivors", "rounds", "example_cap"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive int, got {name}={v!r}")
+        if self.kind is InputKind.DDG:
+            self.ddg_config()  # validates every DP field now, with dp's messages
+        elif self.kind is InputKind.FIXED_POINT and self.example_cap * self.num_clients >= 1 << self.bits:
+            raise ConfigError(f"example counts of num_clients={self.num_clients} clients, each up to "
+                              f"example_cap={self.example_cap}, could wrap 2^{self.bits}")
+
+    def ddg_config(self) -> DDGConfig:
+        return DDGConfig(l2_clip=self.l2_clip, bits=self.bits, dim=self.dim, num_clients=self.num_clients,
+                         min_survivors=self.min_survivors, epsilon=self.epsilon, delta=self.delta,
+                         noise_multiplier=self.noise_multiplier, rounds=self.rounds,
+                         sampling_rate=self.sampling_rate)
+
+    @property
+    def word_dim(self) -> int:
+        """Words per client: the rotated length (DDG), dim + the count word (fixed point), or dim."""
+        if self.kind is InputKind.DDG:
+            return padded_dim(self.dim)
+        return self.dim + 1 if self.kind is InputKind.FIXED_POINT else self.dim
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["kind"] = self.kind.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> InputSpec:
+        d = dict(d)
+        d["kind"] = InputKind(d["kind"])
+        return cls(**d)
+
+
+@functools.lru_cache(maxsize=8)
+def ddg_plan(spec: InputSpec) -> DDGPlan:
+    return spec.ddg_config().plan()
+
+
+def test_words(seed: int, client_id: int, round_number: int, dim: int, bits: int) -> np.ndarray:
+    """Test-only input: ``dim`` uniform words in [0, 2**bits) from numpy's PCG64 seeded with
+    [seed, client_id, round]; a test recomputes them out of band to check the aggregate."""
+    rng = np.random.default_rng([seed, client_id, round_number])
+    return rng.integers(0, 1 << bits, size=dim, dtype=np.uint64).astype(wire.word_dtype(bits))
+
+
+def encode_input(spec: InputSpec, *, client_id: int, round_number: int, round_seed: bytes,
+                 update: np.ndarray | None = None, num_examples: int | None = None) -> np.ndarray:
+    """One client's words for this round (its noise and rounding from os.urandom)."""
+    if spec.kind is InputKind.WORDS:
+        return test_words(spec.test_seed, client_id, round_number, spec.dim, spec.bits)
+    x = np.asarray(update, dtype=np.float64)
+    if x.shape != (spec.dim,):
+        raise InputError(f"update has shape {x.shape}, the round expects ({spec.dim},)")
+    if spec.kind is InputKind.DDG:
+        return ddg_encode(x, plan=ddg_plan(spec), rotation_seed=round_seed)
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or not 0 < num_examples <= spec.example_cap:
+        raise InputError(f"num_examples={num_examples!r} must be an int in (0, example_cap={spec.example_cap}]")
+    enc = FixedPointEncoding.for_sum(bits=spec.bits, clip=spec.l2_clip, max_clients=spec.num_clients)
+    weighted = clip_l2(x, spec.l2_clip) * (num_examples / spec.example_cap)
+    words = enc.encode(weighted, rng=np.random.default_rng(int.from_bytes(os.urandom(16), "big")))
+    return np.concatenate([words, np.array([num_examples], dtype=words.dtype)])
+
+
+def decode_aggregate(spec: InputSpec, aggregate: np.ndarray, *, survivors: int,
+                     round_seed: bytes) -> np.ndarray | None:
+    """The mean update over ``survivors`` clients (uniform with DDG, example-weighted with fixed
+    point); None for test words, whose aggregate is the result itself."""
+    if spec.kind is InputKind.WORDS:
+        return None
+    if spec.kind is InputKind.DDG:
+        return ddg_decode_sum(aggregate, plan=ddg_plan(spec), rotation_seed=round_seed) / survivors
+    enc = FixedPointEncoding.for_sum(bits=spec.bits, clip=spec.l2_clip, max_clients=spec.num_clients)
+    total = int(aggregate[-1])
+    return enc.decode_sum(aggregate[:-1], count=survivors) * (spec.example_cap / total)
+
+
+# ---------------------------------------------------------------------------- round setup
+
+
+def _config_to_dict(cfg: RoundConfig) -> dict:
+    return {"session_id": cfg.session_id.hex(), "client_ids": list(cfg.client_ids), "dim": cfg.dim,
+            "bits": cfg.bits, "threshold": cfg.threshold, "min_survivors": cfg.min_survivors,
+            "graph": cfg.graph.value, "k": cfg.k,
+            "verify_keys": None if cfg.verify_keys is None else {str(u): pk.hex() for u, pk in cfg.verify_keys.items()}}
+
+
+def _config_from_dict(d: Mapping) -> RoundConfig:
+    graph = GraphKind(d["graph"])
+    vk = d["verify_keys"]
+    return RoundConfig(session_id=bytes.fromhex(d["session_id"]), client_ids=tuple(int(u) for u in d["client_ids"]),
+                       dim=d["dim"], bits=d["bits"], threshold=d["threshold"], min_survivors=d["min_survivors"],
+                       graph=graph, k=d["k"] if graph is GraphKind.SPARSE else None,
+                       verify_keys=None if vk is None else {int(u): bytes.fromhex(pk) for u, pk in vk.items()})
+
+
+@dataclass(frozen=True)
+class RoundSetup:
+    """The first message of a round; every client of the round gets the same bytes."""
+
+    config: RoundConfig
+    round_number: int
+    round_seed: bytes       # 32 public bytes: the DDG rotation seed
+    input: InputSpec
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.round_seed, bytes) or len(self.round_seed) != 32:
+            raise ConfigError(f"round_seed must be 32 bytes, got {self.round_seed!r:.80}")
+        if self.config.dim != self.input.word_dim or self.config.bits != self.input.bits:
+            raise ConfigError(f"config has dim={self.config.dim}, bits={self.config.bits}; the input spec "
+                              f"gives dim={self.input.word_dim}, bits={self.input.bits}")
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"v": SETUP_VERSION, "config": _config_to_dict(self.config), "round": self.round_number,
+                           "round_seed": self.round_seed.hex(), "input": self.input.to_dict()},
+                          separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RoundSetup:
+        """Parse; a malformed or invalid setup is a DecodeError naming what was wrong."""
+        try:
+            d = json.loads(bytes(data))
+            if d["v"] != SETUP_VERSION:
+                raise ValueError(f"setup version {d['v']!r}, this library reads {SETUP_VERSION}")
+            return cls(config=_config_from_dict(d["config"]), round_number=int(d["round"]),
+                       round_seed=bytes.fromhex(d["round_seed"]), input=InputSpec.from_dict(d["input"]))
+        except (ValueError, KeyError, TypeError, SecAggError) as e:
+            raise DecodeError(f"round setup is malformed: {e}") from None
+
+
+def check_setup(setup: RoundSetup, client_id: int, *, max_epsilon: float | None = None) -> None:
+    """A client's own checks before it spends effort: it is in the round, and the round keeps the
+    promises its DP plan relies on. RefusedRequestError otherwise (the client drops out)."""
+    cfg, spec = setup.config, setup.input
+    if client_id not in cfg.client_ids:
+        raise RefusedRequestError(f"client {client_id} is not in the round's client_ids")
+    if spec.kind is InputKind.DDG:
+        if cfg.min_survivors < spec.min_survivors:
+            raise RefusedRequestError(f"round min_survivors={cfg.min_survivors} is below the "
+                                      f"min_survivors={spec.min_survivors} the noise is calibrated for")
+        if cfg.n > spec.num_clients:
+            raise RefusedRequestError(f"round has n={cfg.n} clients, the DP plan's range holds num_clients="
+                                      f"{spec.num_clients}")
+        if max_epsilon is not None and (spec.epsilon is None or spec.epsilon > max_epsilon):
+            raise RefusedRequestError(f"round promises epsilon={spec.epsilon!r}, this client accepts at most "
+                                      f"max_epsilon={max_epsilon!r}")
+    elif max_epsilon is not None:
+        raise RefusedRequestError(f"round has no DP ({spec.kind.value}), this client requires "
+                                  f"epsilon <= max_epsilon={max_epsilon!r}")
+
+
+# ---------------------------------------------------------------------------- client side
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """A client's reply (None if it refused or failed), its state to keep, and the error if any."""
+
+    reply: bytes | None
+    state: bytes
+    error: SecAggError | None = None
+
+
+def _pack_state(setup: bytes, party: bytes) -> bytes:
+    return _STATE_MAGIC + struct.pack(">I", len(setup)) + setup + party
+
+
+def _unpack_state(state: bytes) -> tuple[bytes, bytes]:
+    state = bytes(state)
+    if state[:4] != _STATE_MAGIC or len(state) < 8:
+        raise InputError(f"state is not a saved client session (starts {state[:8]!r})")
+    (n,) = struct.unpack_from(">I", state, 4)
+    return state[8:8 + n], state[8 + n:]
+
+
+def client_begin(setup: RoundSetup, *, client_id: int, words: np.ndarray, signing_key: SigningKey | None = None,
+                 randbytes: Callable[[int], bytes] = os.urandom) -> StepResult:
+    """Start this client's round with its encoded words: the AdvertiseKeys reply and the state."""
+    party = ClientParty(setup.config, client_id, words, signing_key=signing_key, randbytes=randbytes)
+    reply = wire.encode(party.start())
+    return StepResult(reply, _pack_state(setup.to_bytes(), party.to_state()))
+
+
+def client_step(state: bytes, message: bytes, *, signing_key: SigningKey | None = None) -> StepResult:
+    """Handle one server message. A rejected message leaves the state as it was; a refused request
+    aborts the party for good (the returned state says so)."""
+    setup_bytes, party_bytes = _unpack_state(state)
+    setup = RoundSetup.from_bytes(setup_bytes)
+    party = ClientParty.from_state(setup.config, party_bytes, signing_key=signing_key)
+    try:
+        reply = wire.encode(party.receive(message))
+    except SecAggError as e:
+        return StepResult(None, _pack_state(setup_bytes, party.to_state()), e)
+    return StepResult(reply, _pack_state(setup_bytes, party.to_state()))
+
+
+# ---------------------------------------------------------------------------- server side
+
+#: exchange(step, {client id: bytes to send}) -> {client id: reply bytes} for the replies that came
+#: back before the step's deadline. The carrier must key replies by the sender it authenticated.
+Exchange = Callable[[Step, Mapping[int, bytes]], Mapping[int, bytes]]
+
+
+@dataclass
+class ServerRoundStats:
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    upload_bytes: dict[int, int] = field(default_factory=dict)     # per client, all its replies
+    download_bytes: dict[int, int] = field(default_factory=dict)   # per client, all it was sent
+    rejected: dict[int, str] = field(default_factory=dict)         # client -> why its reply was dropped
+    silent: dict[str, tuple[int, ...]] = field(default_factory=dict)  # step -> clients with no reply
+
+
+def run_server_round(setup: RoundSetup, exchange: Exchange, *,
+                     on_step: Callable[[Step, tuple[int, ...]], None] | None = None) -> tuple[RoundResult, ServerRoundStats]:
+    """Drive a ServerParty through one round over ``exchange``; AbortedError if it aborts.
+
+    A reply that does not decode, claims another sender, or that the server rejects is dropped:
+    that client is then a dropout like one that never answered.
+    """
+    cfg = setup.config
+    server = ServerParty(cfg)
+    stats = ServerRoundStats()
+    payload = setup.to_bytes()
+    outgoing: dict[int, bytes] = {u: payload for u in cfg.client_ids}
+    step = Step.SETUP
+    while True:
+        if on_step is not None:
+            on_step(step, tuple(sorted(outgoing)))
+        t0 = time.perf_counter()
+        for u, data in outgoing.items():
+            stats.download_bytes[u] = stats.download_bytes.get(u, 0) + len(data)
+        replies = exchange(step, outgoing)
+        before = server.stage
+        nxt: list[Message] = []
+        for u in sorted(replies):
+            data = replies[u]
+            if u not in outgoing:
+                stats.rejected[u] = f"reply to {step.value} from a client that was not asked"
+                continue
+            stats.upload_bytes[u] = stats.upload_bytes.get(u, 0) + len(data)
+            try:
+                msg = wire.decode(data)
+                if party_of(msg) != u:
+                    raise RemoteProtocolError(f"client {u} sent a message signed as client {party_of(msg)}")
+                out = server.receive(msg)
+            except RemoteProtocolError as e:
+                stats.rejected[u] = str(e)
+                continue
+            if out:
+                nxt = out
+        stats.silent[step.value] = tuple(sorted(set(outgoing) - set(replies)))
+        if server.result is None and not nxt and server.stage is before:
+            nxt = server.close_stage()  # the deadline: whoever has not answered dropped out
+        stats.step_seconds[step.value] = time.perf_counter() - t0
+        if server.result is not None:
+            return server.result, stats
+        outgoing = {party_of(m): wire.encode(m) for m in nxt}
+        step = _STEP_OF[type(nxt[0])]
+
+
+def min_survivors_for(n: int, fraction: float) -> int:
+    """The round's absolute floor from a fraction of its n clients (at least 2, at most n)."""
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"min_survivors fraction must be in (0, 1], got {fraction!r}")
+    return min(n, max(2, math.ceil(fraction * n)))
