@@ -46,11 +46,14 @@ def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _server_process(conn, fields: dict) -> None:
-    """The server: bytes in over the pipe, encoded replies out, with its own time and memory."""
+def _server_process(conn, fields: dict, trace: bool) -> None:
+    """The server: bytes in over the pipe, encoded replies out, with its own time and memory.
+    tracemalloc (``trace``) counts every Python and numpy allocation; it slows the server's pure-Python
+    Shamir arithmetic several times, so the runs that report times leave it off."""
     fields = dict(fields, graph=GraphKind(fields["graph"]))
     server = ServerParty(RoundConfig(**fields))
-    tracemalloc.start()
+    if trace:
+        tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     while True:
         op = conn.recv()
@@ -62,7 +65,8 @@ def _server_process(conn, fields: dict) -> None:
         if op == "mark":  # memory the server holds now, and its peak since the last mark
             cur, peak = tracemalloc.get_traced_memory()
             tracemalloc.reset_peak()
-            conn.send({"traced_now_bytes": cur - base, "traced_peak_bytes": peak - base, "peak_rss_bytes": _rss_bytes()})
+            conn.send({"traced_now_bytes": cur - base if trace else None,
+                       "traced_peak_bytes": peak - base if trace else None, "peak_rss_bytes": _rss_bytes()})
             continue
         data = conn.recv_bytes() if op == "receive" else None
         t0 = time.perf_counter()
@@ -70,14 +74,17 @@ def _server_process(conn, fields: dict) -> None:
             out = server.receive(data) if op == "receive" else server.close_stage()
             replies = [wire.encode(m) for m in out]
         except AbortedError as e:
-            conn.send(("aborted", str(e), time.perf_counter() - t0))
+            conn.send(("aborted", str(e), time.perf_counter() - t0, "aborted"))
+            continue
+        except Exception as e:  # noqa: BLE001 - report it instead of leaving the driver waiting
+            conn.send(("error", f"{type(e).__name__}: {e}", time.perf_counter() - t0, server.stage.value))
             continue
         del data
-        conn.send(("ok", replies, time.perf_counter() - t0))
+        conn.send(("ok", replies, time.perf_counter() - t0, server.stage.value))
 
 
 def run(*, clients: int, dim: int, bits: int = 32, dropout: float = 0.05, corrupt: float = 0.05,
-        seed: int = 0) -> dict:
+        seed: int = 0, trace: bool = False) -> dict:
     n = clients
     k, t = choose_k_t(n, dropout=max(dropout, 1e-3), corrupt=corrupt)
     cfg = RoundConfig.new(client_ids=range(n), dim=dim, bits=bits, threshold=t,
@@ -97,7 +104,7 @@ def run(*, clients: int, dim: int, bits: int = 32, dropout: float = 0.05, corrup
     conn, child_conn = ctx.Pipe()
     fields = {"session_id": cfg.session_id, "client_ids": cfg.client_ids, "dim": dim, "bits": bits, "threshold": t,
               "min_survivors": cfg.min_survivors, "graph": cfg.graph.value, "k": k}
-    proc = ctx.Process(target=_server_process, args=(child_conn, fields))
+    proc = ctx.Process(target=_server_process, args=(child_conn, fields, trace))
     proc.start()
     clients_ = {u: ClientParty(cfg, u) for u in cfg.client_ids}
     client_s: dict[str, float] = defaultdict(float)
@@ -105,6 +112,7 @@ def run(*, clients: int, dim: int, bits: int = 32, dropout: float = 0.05, corrup
     pipe_s: dict[str, float] = defaultdict(float)
     memory: dict[str, dict] = {}
     aborted = None
+    done = False
 
     def call(op: str, stage: ProtocolStage, data: bytes | None = None) -> list[bytes]:
         nonlocal aborted
@@ -112,9 +120,13 @@ def run(*, clients: int, dim: int, bits: int = 32, dropout: float = 0.05, corrup
         conn.send(op)
         if data is not None:
             conn.send_bytes(data)
-        status, payload, dt = conn.recv()
+        nonlocal done
+        status, payload, dt, server_stage = conn.recv()
         server_s[stage.name] += dt
         pipe_s[stage.name] += time.perf_counter() - t0 - dt
+        done = server_stage in ("done", "aborted")
+        if status == "error":
+            raise RuntimeError(f"server process: {payload}")
         if status == "aborted":
             aborted = payload
             return []
@@ -124,6 +136,7 @@ def run(*, clients: int, dim: int, bits: int = 32, dropout: float = 0.05, corrup
         conn.send("mark")
         memory[name] = conn.recv()
 
+    mark("startup")  # the server process has imported everything; not counted in any stage
     wall0 = time.perf_counter()
     stage = ProtocolStage.KEYS
     pending: list[bytes] = []
@@ -136,7 +149,7 @@ def run(*, clients: int, dim: int, bits: int = 32, dropout: float = 0.05, corrup
         pending += call("receive", stage, data)
     stage_wall = {}
     last = time.perf_counter()
-    while aborted is None:
+    while not done:
         if not pending:
             pending = call("close", stage)
             if aborted is not None or not pending:
@@ -194,7 +207,9 @@ def run(*, clients: int, dim: int, bits: int = 32, dropout: float = 0.05, corrup
                                     "server_traced_after_bytes": memory.get(s.name, {}).get("traced_now_bytes")}
                    for s in ProtocolStage if s.name in client_s or s.name in server_s},
         "server_peak_rss_bytes": final["peak_rss_bytes"],
-        "server_traced_peak_bytes": max(m["traced_peak_bytes"] for m in memory.values()),
+        "server_traced_peak_bytes": max(m["traced_peak_bytes"] for k_, m in memory.items() if k_ != "startup")
+        if trace else None, "tracemalloc": trace,
+        "server_rss_after_startup_bytes": memory["startup"]["peak_rss_bytes"],
         "driver_and_clients_peak_rss_bytes": _rss_bytes(),
         "one_vector_bytes": dim * word, "n_times_d_bytes": n * dim * word,
         "keystream_bytes_per_second": round(ks_speed), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
@@ -209,10 +224,12 @@ def print_table(r: dict) -> None:
           f"exact={r['exact']} aborted={r['aborted']} wall={r['wall_seconds']} s")
     print(f"{'stage':<14}{'clients s':>11}{'per client':>12}{'server s':>10}{'pipe s':>9}{'srv peak MiB':>14}")
     for name, s in r["stages"].items():
-        peak = s["server_traced_peak_bytes"]
+        peak = s["server_traced_peak_bytes"] or 0
         print(f"{name:<14}{s['client_seconds_total']:>11.2f}{s['client_seconds_per_client']:>12.4f}"
-              f"{s['server_seconds']:>10.2f}{s['pipe_seconds']:>9.2f}{(peak or 0) / mib:>14.1f}")
-    print(f"server peak RSS {r['server_peak_rss_bytes'] / mib:.0f} MiB, traced peak {r['server_traced_peak_bytes'] / mib:.1f} MiB; "
+              f"{s['server_seconds']:>10.2f}{s['pipe_seconds']:>9.2f}{peak / mib:>14.1f}")
+    traced = "off" if r["server_traced_peak_bytes"] is None else f"{r['server_traced_peak_bytes'] / mib:.1f} MiB"
+    print(f"server peak RSS {r['server_peak_rss_bytes'] / mib:.0f} MiB (after start-up "
+          f"{r['server_rss_after_startup_bytes'] / mib:.0f}), traced peak {traced}; "
           f"one vector {r['one_vector_bytes'] / mib:.1f} MiB, n*d {r['n_times_d_bytes'] / mib:.0f} MiB; "
           f"driver+clients peak RSS {r['driver_and_clients_peak_rss_bytes'] / mib:.0f} MiB; "
           f"keystream {r['keystream_bytes_per_second'] / 1e9:.2f} GB/s; load {r['loadavg_before']}")
@@ -227,12 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corrupt", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scaling", type=str, default=None, help="comma-separated client counts at fixed --dim")
+    p.add_argument("--tracemalloc", action="store_true", help="trace the server's allocations (slows it; on with --scaling)")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     if a.scaling:
         runs = []
         for n in (int(x) for x in a.scaling.split(",")):
-            runs.append(run(clients=n, dim=a.dim, bits=a.bits, dropout=a.dropout, corrupt=a.corrupt, seed=a.seed))
+            runs.append(run(clients=n, dim=a.dim, bits=a.bits, dropout=a.dropout, corrupt=a.corrupt, seed=a.seed,
+                            trace=True))
             print_table(runs[-1])
         out = {"dim": a.dim, "runs": runs, "summary": [
             {"clients": r["clients"], "k": r["k"], "n_times_k": r["clients"] * r["k"],
@@ -240,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
              "n_times_d_bytes": r["n_times_d_bytes"]} for r in runs]}
         ok = all(r["exact"] for r in runs)
     else:
-        out = run(clients=a.clients, dim=a.dim, bits=a.bits, dropout=a.dropout, corrupt=a.corrupt, seed=a.seed)
+        out = run(clients=a.clients, dim=a.dim, bits=a.bits, dropout=a.dropout, corrupt=a.corrupt, seed=a.seed,
+                  trace=a.tracemalloc)
         print_table(out)
         ok = bool(out["exact"])
     if a.json:

@@ -17,7 +17,7 @@ from fl_core.run import run
 
 HERE = Path(__file__).parent
 EXAMPLES = ["digits_nonprivate", "digits_ddp_eps1", "digits_ddp_eps3", "digits_ddp_eps8",
-            "digits_dpsgd_eps3", "digits_personalization", "digits_default"]
+            "digits_dpsgd_eps3", "digits_personalization", "digits_fedper", "digits_default"]
 
 
 def main() -> None:

@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 AUDIT_DIR = "audit"
+DEFAULT_NULL_CANARIES = 1000  # never sent, so they cost only the audit's time; more of them narrow the interval
 META = "meta.json"
 TRAJECTORY = "trajectory.f32"  # raw little-endian float32 rows of ``dim`` values
 _MAGIC = b"FLAUDIT1"
@@ -169,7 +170,7 @@ def _log_sub(a: float, b: float) -> float:
     """log(e^a - e^b), -inf when b >= a."""
     if b >= a:
         return -math.inf
-    return a + math.log1p(-math.exp(b - a))
+    return a + math.log(-math.expm1(b - a))
 
 
 def _log_hockey_stick(m1: float, s1: float, m0: float, s0: float, eps: float) -> float:
@@ -268,15 +269,30 @@ class GaussianFitEstimate:
         return dict(self.__dict__)
 
 
-def _nc_bound(t_obs: float, df: int, scale: float, tail: float, *, upper: bool) -> float:
-    """mu at which P[T >= t_obs] (upper=False) or P[T <= t_obs] (upper=True) equals ``tail``,
-    T ~ noncentral t(df, mu / scale): the end of a confidence interval for mu."""
-    def f(mu: float) -> float:
-        nc = mu / scale
-        p = stats.nct.cdf(t_obs, df, nc) if upper else stats.nct.sf(t_obs, df, nc)
-        return p - tail
-    lo, hi = t_obs * scale - 50 * scale - 10, t_obs * scale + 50 * scale + 10
-    return float(optimize.brentq(f, lo, hi, xtol=1e-10))
+def _mu_interval(t_obs: float, df: int, scale: float, confidence: float) -> tuple[float, float]:
+    """Two-sided ``confidence`` interval for mu from the observed two-sample t statistic.
+
+    t = mu_hat / scale follows the noncentral t distribution with df degrees of freedom and
+    noncentrality mu / scale; each end solves P[T >= t_obs] = tail or P[T <= t_obs] = tail.
+    Where scipy's noncentral t cannot be evaluated (huge noncentrality), the normal
+    approximation T ~ N(nc, 1 + nc^2 / (2 df)) is used instead."""
+    tail = (1 - confidence) / 2
+
+    def end(upper: bool) -> float:
+        def f(mu: float) -> float:
+            nc = mu / scale
+            return (stats.nct.cdf(t_obs, df, nc) if upper else stats.nct.sf(t_obs, df, nc)) - tail
+        lo, hi = (t_obs - 40) * scale, (t_obs + 40) * scale
+        try:
+            fl, fh = f(lo), f(hi)
+            if np.isfinite(fl) and np.isfinite(fh) and fl * fh < 0:
+                return float(optimize.brentq(f, lo, hi, xtol=1e-10))
+        except (ValueError, FloatingPointError):
+            pass
+        z = stats.norm.isf(tail) * math.sqrt(1 + t_obs**2 / (2 * df))
+        return (t_obs + z) * scale if upper else (t_obs - z) * scale
+
+    return end(upper=False), end(upper=True)
 
 
 def gaussian_fit_estimate(inserted, null, *, delta: float, confidence: float = 0.95) -> GaussianFitEstimate:
@@ -294,9 +310,7 @@ def gaussian_fit_estimate(inserted, null, *, delta: float, confidence: float = 0
         raise FLError("canary statistics have zero spread: cannot fit Gaussians")
     mu = (m1 - m0) / pooled
     scale = math.sqrt(1 / k1 + 1 / k0)
-    t_obs, df, tail = mu / scale, k1 + k0 - 2, (1 - confidence) / 2
-    mu_lo = _nc_bound(t_obs, df, scale, tail, upper=False)
-    mu_hi = _nc_bound(t_obs, df, scale, tail, upper=True)
+    mu_lo, mu_hi = _mu_interval(mu / scale, k1 + k0 - 2, scale, confidence)
     lo_abs = 0.0 if mu_lo <= 0 <= mu_hi else min(abs(mu_lo), abs(mu_hi))
     hi_abs = max(abs(mu_lo), abs(mu_hi))
     sep = epsilon_two_gaussians(mean_in=m1, std_in=max(s1, 1e-300), mean_out=m0, std_out=max(s0, 1e-300),
@@ -465,7 +479,7 @@ class AuditRecorder:
         a, cfg = self.audit, self.cfg
         if not a.canaries:
             return
-        null = a.null_canaries if a.null_canaries is not None else a.canaries
+        null = a.null_canaries if a.null_canaries is not None else DEFAULT_NULL_CANARIES
         if cfg.clients_per_round is not None:
             rate = cfg.clients_per_round / num_clients
             per_round = int(round(rate * a.canaries))

@@ -222,8 +222,8 @@ class AuditConfig:
     """What the run keeps for ``python -m fl_core audit`` (docs/audit.md). ``record_rounds``: keep
     the bytes of every message the server received in the first N rounds, for the server-view
     check (0 = none). ``canaries``: client-level canary clients inserted into rounds (needs
-    ``dp.mode = "client"``); ``null_canaries``: never-inserted ones for the null (default: as many
-    as ``canaries``). ``canary_examples``: sample-level canary examples, each included with
+    ``dp.mode = "client"``); ``null_canaries``: never-inserted ones for the null (default 1000:
+    they are never sent, so they cost only the audit's time). ``canary_examples``: sample-level canary examples, each included with
     probability 1/2 (needs ``dp.mode = "sample"``)."""
 
     record_rounds: int = 1

@@ -182,17 +182,32 @@ def _build(cfg: RunConfig, config_dir: Path | None):
     return data, model
 
 
-def _ledger_rounds(out: Path) -> dict[int, dict]:
+def _ledger_records(out: Path) -> list[dict]:
+    """Every release the ledger recorded, in order (a partial last line never completed)."""
     path = out / LEDGER
-    rounds = {}
+    records = []
     if path.exists():
         for line in path.read_text().splitlines():
             try:
-                rec = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash: its release never happened
-            rounds[rec["round"]] = rec
-    return rounds
+    return records
+
+
+def _truncate_jsonl(path: Path, *, keep) -> None:
+    """Keep the whole, wanted lines of a JSON-lines file (a crash may leave a partial last line)."""
+    if not path.exists():
+        return
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if keep(rec):
+            lines.append(line + "\n")
+    path.write_text("".join(lines))
 
 
 def _append_ledger(out: Path, record: dict) -> None:
@@ -246,30 +261,47 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
     stopped_by_budget = False
 
     if resume:
-        if not has_checkpoint(out / CHECKPOINT_DIR):
-            raise CheckpointError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}")
-        state = load_checkpoint(out / CHECKPOINT_DIR)
-        if state["config"] != dump_config(cfg):
-            raise CheckpointError(f"--resume: the checkpoint in {out} was written by another config")
-        start = int(state["round"])
-        params = np.asarray(state["params"], dtype=np.float32)
-        opt.load_state_dict(state["server_optimizer"])
-        privacy.load_state_dict(state["privacy"])
-        metrics = list(state["metrics"])
-        stopped_by_budget = bool(state.get("stopped_by_budget", False))
-        personal_params = {int(k): {n: torch.as_tensor(np.asarray(v)) for n, v in d.items()}
-                           for k, d in state.get("personal_params", {}).items()}
-        lost = {r: rec for r, rec in _ledger_rounds(out).items() if r >= start}
-        for r, rec in sorted(lost.items()):
-            if rec["noise"] == "csprng" and privacy.tracker is not None:
+        resolved = out / "config.resolved.toml"
+        if not resolved.exists():
+            raise CheckpointError(f"--resume: {out} holds no run (no config.resolved.toml)")
+        if resolved.read_text() != dump_config(cfg):
+            raise CheckpointError(f"--resume: the run in {out} was started with another config")
+        if has_checkpoint(out / CHECKPOINT_DIR):  # else: killed before round 1's checkpoint
+            state = load_checkpoint(out / CHECKPOINT_DIR)  # CheckpointError if cut short or altered
+            if state["config"] != dump_config(cfg):
+                raise CheckpointError(f"--resume: the checkpoint in {out} was written by another config")
+            start = int(state["round"])
+            params = np.asarray(state["params"], dtype=np.float32)
+            opt.load_state_dict(state["server_optimizer"])
+            privacy.load_state_dict(state["privacy"])
+            metrics = list(state["metrics"])
+            stopped_by_budget = bool(state.get("stopped_by_budget", False))
+            personal_params = {int(k): {n: torch.as_tensor(np.asarray(v)) for n, v in d.items()}
+                               for k, d in state.get("personal_params", {}).items()}
+        # files appended during the crashed round are cut back to what the checkpoint covers
+        (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+        _truncate_jsonl(out / "transcript.jsonl", keep=lambda rec: rec.get("round", 0) <= start)
+        # every release after the checkpoint is lost to it; with fresh noise each was distinct
+        for rec in (rec for rec in _ledger_records(out) if rec["round"] >= start):
+            r = rec["round"]
+            if rec["noise"] != "csprng":
+                continue  # seeded noise: the re-run reproduces the identical release, charged once
+            if privacy.tracker is not None and "event" in rec:
                 privacy.tracker.spend(event_from_dict(rec["event"]))
                 log(f"resume: round {r + 1} was released before the crash; its fresh-noise release is "
                     f"charged (epsilon now {privacy.tracker.epsilon_so_far:.3f})")
+            if privacy.per_client is not None:
+                for u, ev in rec.get("client_events", {}).items():
+                    privacy.per_client.spend(int(u), event_from_dict(ev))
+                log(f"resume: round {r + 1}'s DP-SGD steps of {len(rec.get('client_events', {}))} clients "
+                    f"were released before the crash and are charged")
     else:
         for name in (LEDGER, "metrics.jsonl", "transcript.jsonl"):
             (out / name).unlink(missing_ok=True)
     vector_to_model(params, model, exclude=personal)
-    (out / "config.resolved.toml").write_text(dump_config(cfg))
+    tmp = out / "config.resolved.toml.tmp"
+    tmp.write_text(dump_config(cfg))
+    os.replace(tmp, out / "config.resolved.toml")  # atomic: a kill never leaves half a config
     recorder.start(params, start)
 
     bar = None
@@ -338,6 +370,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
         record = {"round": r, "noise": noise_label, "sampled": len(sampled)}
         if privacy.mode is DPMode.CLIENT:
             record["event"] = privacy.round_event.to_dict()
+        if privacy.mode is DPMode.SAMPLE:
+            record["client_events"] = {str(u): events[u].to_dict() for u in sampled if events[u] is not None}
         _append_ledger(out, record)
         for u, upd in recorder.canary_updates(r).items():  # audit canaries: clients like any other
             updates[u], examples[u] = upd, 1

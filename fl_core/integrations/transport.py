@@ -43,7 +43,7 @@ from secagg.messages import ConsistencyRequest, ForwardedShares, KeysBroadcast, 
 from secagg.server import RoundResult, ServerParty
 
 __all__ = ["Step", "InputKind", "InputSpec", "RoundSetup", "StepResult", "Exchange", "ServerRoundStats",
-           "encode_input", "decode_aggregate", "test_words", "check_setup", "client_begin", "client_step",
+           "encode_input", "decode_aggregate", "known_words", "check_setup", "client_begin", "client_step",
            "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION"]
 
 SETUP_VERSION = 1
@@ -137,7 +137,7 @@ def ddg_plan(spec: InputSpec) -> DDGPlan:
     return spec.ddg_config().plan()
 
 
-def test_words(seed: int, client_id: int, round_number: int, dim: int, bits: int) -> np.ndarray:
+def known_words(seed: int, client_id: int, round_number: int, dim: int, bits: int) -> np.ndarray:
     """Test-only input: ``dim`` uniform words in [0, 2**bits) from numpy's PCG64 seeded with
     [seed, client_id, round]; a test recomputes them out of band to check the aggregate."""
     rng = np.random.default_rng([seed, client_id, round_number])
@@ -148,7 +148,7 @@ def encode_input(spec: InputSpec, *, client_id: int, round_number: int, round_se
                  update: np.ndarray | None = None, num_examples: int | None = None) -> np.ndarray:
     """One client's words for this round (its noise and rounding from os.urandom)."""
     if spec.kind is InputKind.WORDS:
-        return test_words(spec.test_seed, client_id, round_number, spec.dim, spec.bits)
+        return known_words(spec.test_seed, client_id, round_number, spec.dim, spec.bits)
     x = np.asarray(update, dtype=np.float64)
     if x.shape != (spec.dim,):
         raise InputError(f"update has shape {x.shape}, the round expects ({spec.dim},)")
