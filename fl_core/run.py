@@ -412,6 +412,13 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
                       "secagg_seconds": outcome.seconds})
         if recorder.client is not None:
             m["canaries"] = len(recorder.schedule.get(str(r), []))
+        pz = cfg.personalize
+        if pz.steps > 0 and pz.every > 0 and (r + 1) % pz.every == 0 and r + 1 < cfg.rounds:
+            from .personalize import personalize  # a progress view: fine-tuned copies are discarded
+            rep = personalize(model, data.clients, steps=pz.steps, lr=pz.lr or lc.lr, batch_size=lc.batch_size,
+                              personal_layers=personal, personal_params=personal_params,
+                              generator=torch.Generator().manual_seed(_int_seed(cfg.seed, "personalize", r))).report
+            m["personalization"] = {k: v for k, v in rep.as_dict().items() if not k.endswith("_acc")}
         metrics.append(m)
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(m) + "\n")

@@ -116,3 +116,13 @@ def test_default_example_is_valid_and_matches_examples_dir():
     assert cfg.dp.mode.value == "client" and cfg.data.dataset.value == "digits"
     shipped = Path(__file__).parents[2] / "examples" / "digits_default.toml"
     assert load_config(shipped) == cfg
+
+
+def test_personalization_every_r_rounds_and_at_the_end(tmp_path):
+    cfg = cfg_of(rounds=4, dp={"mode": "none"}, data={"partition": "dirichlet", "alpha": 0.1},
+                 personalize={"steps": 5, "every": 2})
+    run(cfg, tmp_path, progress=False, log=lambda m: None)
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [("personalization" in r) for r in rows] == [False, True, False, False]
+    final = json.loads((tmp_path / "personalization.json").read_text())
+    assert len(final["personal_acc"]) == 20 and 0 <= final["worst10_personal"] <= final["mean_personal"] <= 1
