@@ -42,7 +42,7 @@ from scipy import stats
 from dp.accounting import Accountant, AccountantKind
 from dp.events import UnitOfPrivacy, event_from_dict
 from secagg import wire
-from secagg.errors import SecAggError
+from secagg.errors import DecodeError, SecAggError
 from secagg.graph import failure_bounds
 from secagg.messages import MaskedInput, ShareKind, UnmaskResponse
 from secagg.simulate import ProtocolStage
@@ -52,7 +52,7 @@ from .canaries import (AUDIT_DIR, META, ClientCanaries, ExampleCanaries, gaussia
 from .config import DPMode, RunConfig, load_config
 from .errors import FLError
 
-__all__ = ["audit_run", "write_audit", "render_markdown", "summary_lines", "uniformity_p_value",
+__all__ = ["audit_run", "write_audit", "render_markdown", "summary_lines", "witness_inputs", "uniformity_p_value",
            "correlation_p_value", "holm", "main"]
 
 ALPHA = 1e-3          # family-wise false-alarm rate of each server-view test family
@@ -147,26 +147,55 @@ class _Run:
 # --------------------------------------------------------------------------- guarantees
 
 
-def _reaccount(run: _Run) -> dict | None:
-    """epsilon of the releases in the ledger, composed again with both accountants (client DP)."""
-    if run.cfg.dp.mode is not DPMode.CLIENT or not run.ledger:
-        return None
-    counts: dict[int, int] = defaultdict(int)
-    events = {}
+def _charged(run: _Run) -> list[dict]:
+    """The ledger's releases as the run charged them: a seeded release re-run after a crash is the
+    identical release (charged once), a fresh-noise one is a new release (charged again)."""
+    last: dict[int, dict] = {}
+    out = []
     for rec in run.ledger:
-        r = rec["round"]
-        # a seeded release re-run after a crash is the identical release: charged once
-        counts[r] = counts[r] + 1 if rec.get("noise") == "csprng" else 1
-        events[r] = rec["event"]
-    out = {}
-    for kind in (AccountantKind.RDP, AccountantKind.PRV):
-        acc = Accountant(kind, unit=UnitOfPrivacy.CLIENT)
-        for r in sorted(events):
-            acc.compose(event_from_dict(events[r]), count=counts[r])
-        out[kind.value] = acc.get_epsilon(run.cfg.dp.delta)
-    out["tightest"] = min(out["rdp"], out["prv"])
-    out["releases"] = sum(counts.values())
-    return out
+        if rec.get("noise") == "csprng":
+            out.append(rec)
+        else:
+            last[rec["round"]] = rec
+    return out + [last[r] for r in sorted(last)]
+
+
+def _compose(events, kind: AccountantKind, unit: UnitOfPrivacy, delta: float) -> float:
+    acc = Accountant(kind, unit=unit)
+    for ev in events:
+        acc.compose(event_from_dict(ev))
+    return acc.get_epsilon(delta) if len(acc) else 0.0
+
+
+def _reaccount(run: _Run) -> dict | None:
+    """Compose the releases in ``privacy_ledger.jsonl`` again with both accountants.
+
+    Client level: the round events. Sample level: each client's DP-SGD events; RDP for every
+    client, PRV for the worst by RDP and the worst claimed (so ``tightest`` is a value some client
+    really reaches: the claim must not be below it)."""
+    mode, delta = run.cfg.dp.mode, run.cfg.dp.delta
+    charged = _charged(run)
+    if mode is DPMode.CLIENT and charged:
+        events = [rec["event"] for rec in charged if "event" in rec]
+        out = {k.value: _compose(events, k, UnitOfPrivacy.CLIENT, delta) for k in AccountantKind}
+        out.update(tightest=min(out["rdp"], out["prv"]), releases=len(events))
+        return out
+    if mode is DPMode.SAMPLE and charged:
+        per: dict[str, list] = defaultdict(list)
+        for rec in charged:
+            for u, ev in rec.get("client_events", {}).items():
+                per[u].append(ev)
+        if not per:
+            return None
+        rdp = {u: _compose(evs, AccountantKind.RDP, UnitOfPrivacy.EXAMPLE, delta) for u, evs in per.items()}
+        claimed = run.privacy["mechanisms"][0].get("epsilon_per_client", {})
+        picks = {max(rdp, key=rdp.get)} | ({max(claimed, key=lambda u: claimed[u]["tightest"])} & set(per)
+                                           if claimed else set())
+        tight = {u: min(rdp[u], _compose(per[u], AccountantKind.PRV, UnitOfPrivacy.EXAMPLE, delta)) for u in picks}
+        worst = max(tight, key=tight.get)
+        return {"rdp": max(rdp.values()), "prv": None, "tightest": tight[worst], "worst_client": worst,
+                "releases": len(charged), "clients": len(per)}
+    return None
 
 
 def _dropouts(run: _Run) -> dict:
@@ -184,7 +213,8 @@ def _dropouts(run: _Run) -> dict:
         central = mech["central_noise_std"]
         out["target_noise_std"] = central
         out["noise_std_at_fewest"] = central * math.sqrt(out["fewest_survivors"] / calibrated) if released else None
-        out["below_calibration"] = [m["round"] for m in rows if not m.get("aborted") and 0 < m["survivors"] < calibrated]
+        out["below_calibration"] = [m["round"] for m in rows
+                                    if not m.get("aborted") and 0 < m["survivors"] < calibrated]
         out["note"] = ("each client's noise share is calibrated so that any sum over at least min_survivors clients "
                        "carries the target noise; secure aggregation aborts below that, so dropouts only add noise")
     elif run.cfg.dp.mode is DPMode.SAMPLE:
@@ -234,6 +264,12 @@ def _secagg(run: _Run) -> dict:
 # --------------------------------------------------------------------------- server view
 
 
+def witness_inputs(run_dir, rounds: list[int], *, log=print) -> dict | str:
+    """The encoded, unmasked input of every client in ``rounds`` (0-based) of a witness-mode run,
+    re-derived by running it again from its seed: ``{round: {client: words}}``, or why not."""
+    return _witness(_Run(Path(run_dir)), rounds, log)
+
+
 def _witness(run: _Run, rounds: list[int], log) -> dict | str:
     """Re-run the first rounds from the seed and capture each client's encoded input before
     masking: ``{round: {client: words}}``, or why it cannot be done."""
@@ -265,7 +301,7 @@ def _server_view(run: _Run, *, use_witness: bool, log) -> dict:
     witness = _witness(run, recorded, log) if use_witness else "disabled (--no-witness)"
     bits_of = {}
     uni_p, uni_where, cor_p, cor_where = [], [], [], []
-    digests_ok, reveal_ok, witness_ok = True, True, None
+    digests_ok, reveal_ok, witness_ok, malformed = True, True, None, 0
     for r in recorded:
         msgs = read_messages(run.dir / AUDIT_DIR / f"round_{r + 1:04d}.msgs")
         mine = [(s, u, hashlib.sha256(b).hexdigest()) for s, u, b in msgs]
@@ -276,15 +312,20 @@ def _server_view(run: _Run, *, use_witness: bool, log) -> dict:
         masked: dict[int, MaskedInput] = {}
         revealed: dict[int, set[int]] = defaultdict(set)
         for s, u, b in msgs:
-            msg = wire.decode(b)
+            try:
+                msg = wire.decode(b)
+            except DecodeError:
+                malformed += 1
+                continue
             if isinstance(msg, MaskedInput):
                 masked[u] = msg
             elif isinstance(msg, UnmaskResponse):
                 for sh in msg.shares:
                     revealed[sh.owner].add(int(sh.kind))
         both = sorted(v for v, kinds in revealed.items() if len(kinds) > 1)
-        wrong_kind = sorted(v for v, kinds in revealed.items()
-                            if (ShareKind.MASK_KEY in kinds and v in masked) or (ShareKind.SELF_MASK in kinds and v not in masked))
+        wrong_kind = sorted(v for v, kinds in revealed.items()  # survivors: only b-shares; dropped: only key shares
+                            if (ShareKind.MASK_KEY in kinds and v in masked)
+                            or (ShareKind.SELF_MASK in kinds and v not in masked))
         row["clients_with_both_secrets_revealed"] = both
         row["clients_with_wrong_secret_revealed"] = wrong_kind
         reveal_ok &= not both and not wrong_kind
@@ -317,6 +358,8 @@ def _server_view(run: _Run, *, use_witness: bool, log) -> dict:
     cor_reject = holm(cor_p) if cor_p else []
     checks = out["checks"]
     checks["digests"] = {"ok": digests_ok, "test": "SHA-256 of every kept message equals its transcript.jsonl entry"}
+    checks["well_formed"] = {"ok": malformed == 0, "malformed": malformed,
+                             "test": "every kept message decodes under the wire format (docs/protocol.md)"}
     checks["uniformity"] = {
         "ok": bool(uni_p) and not any(uni_reject), "inputs_tested": len(uni_p),
         "rejected": [{"round": w[0], "client": w[1], "p": p} for w, p, rej in zip(uni_where, uni_p, uni_reject) if rej],
@@ -398,6 +441,7 @@ def _example_canaries(run: _Run, delta: float) -> dict | None:
     info = (run.meta or {}).get("example_canaries")
     if not info:
         return None
+    from .data import as_tensors
     from .params import vector_to_model
     from .run import _build
 
@@ -405,7 +449,6 @@ def _example_canaries(run: _Run, delta: float) -> dict | None:
     data, model = _build(cfg, None)
     canaries = ExampleCanaries(seed=bytes.fromhex(run.meta["canary_seed"]), count=info["count"],
                                num_clients=info["num_clients"])
-    from .data import as_tensors
     trains = [as_tensors(c.train) for c in data.clients]
     lo, hi = min(float(t[0].min()) for t in trains), max(float(t[0].max()) for t in trains)
     x, y = canaries.examples(data.input_shape, data.num_classes, lo, hi)
@@ -447,6 +490,17 @@ def audit_run(run_dir, *, use_witness: bool = True, log=print) -> dict:
                     "unit_of_privacy": priv.get("unit_of_privacy"), "rounds_run": priv.get("rounds_run"),
                     "noise_source": priv.get("noise_source"), "mechanisms": priv.get("mechanisms", []),
                     "budget_epsilon": priv.get("budget_epsilon")}
+    lc = cfg.local
+    report["run_parameters"] = {
+        "rounds_planned": cfg.rounds, "num_clients": cfg.data.num_clients,
+        "clients_per_round": cfg.clients_per_round, "client_sampling_rate": cfg.sampling_rate,
+        "local_epochs": lc.epochs, "local_steps": lc.steps, "batch_size": lc.batch_size, "local_lr": lc.lr,
+        "server_optimizer": cfg.server.optimizer.value, "accountant_for_budget": cfg.dp.accountant.value,
+        "secure_randomness": cfg.secure_randomness, "seed": cfg.seed}
+    for mech in report["mechanisms"]:
+        p = mech["parameters"]
+        if "central_noise_std" in p:  # the DDG's noise multiplier: central noise std over the clip norm
+            p.setdefault("noise_multiplier", p["central_noise_std"] / p["l2_clip"])
     again = _reaccount(run)
     report["ledger_epsilon"] = again
     if again is not None and claimed is not None and again["tightest"] > claimed * (1 + 1e-6) + 1e-9:
@@ -475,7 +529,7 @@ def audit_run(run_dir, *, use_witness: bool = True, log=print) -> dict:
                            f"{est['epsilon_low']:.3g}) exceeds the claimed epsilon {claimed:.3g}")
     if emp["example_canaries"] is not None:
         lb = emp["example_canaries"]["epsilon_lower_bound"]
-        report["empirical_epsilon"] = lb if report["empirical_epsilon"] is None else max(report["empirical_epsilon"], lb)
+        report["empirical_epsilon"] = max(lb, report["empirical_epsilon"] or 0.0)
         if claimed is not None and lb > claimed:
             reasons.append(f"one-run lower bound {lb:.3g} (confidence {CONFIDENCE:.0%}) exceeds the claimed epsilon "
                            f"{claimed:.3g}")
@@ -542,8 +596,12 @@ def _guarantee_lines(rep: dict) -> list[str]:
             per = mech.get("epsilon_per_client", {})
             if per:
                 vals = [v["tightest"] for v in per.values()]
+                worst_id = max(per, key=lambda u: per[u]["tightest"])
+                w = per[worst_id]
                 out.append(f"Per-client epsilon (tightest of RDP and PRV): min {_f(min(vals))}, median "
-                           f"{_f(float(np.median(vals)))}, max {_f(max(vals))} over {len(vals)} clients.\n")
+                           f"{_f(float(np.median(vals)))}, max {_f(max(vals))} over {len(vals)} clients; the worst "
+                           f"(client {worst_id}): RDP {_f(w.get('rdp'))}, PRV {_f(w.get('prv'))}. Each step samples "
+                           "a client's examples at rate 1 / ceil(n / batch_size) (Opacus' rule).\n")
         out.append("| parameter | value |\n|---|---|")
         for k, v in mech["parameters"].items():
             out.append(f"| {k} | {_f(v)} |")
@@ -575,14 +633,22 @@ def render_markdown(rep: dict) -> str:
     if not rep["mechanisms"]:
         L.append("No differential privacy in this run: secure aggregation only.\n")
     L += _guarantee_lines(rep)
+    L.append("Run parameters:\n\n| parameter | value |\n|---|---|")
+    L += [f"| {k} | {_f(v)} |" for k, v in rep["run_parameters"].items()]
+    L.append("")
     if rep.get("ledger_epsilon"):
         le = rep["ledger_epsilon"]
-        L.append(f"Re-accounting the {le['releases']} releases in `privacy_ledger.jsonl`: RDP {_f(le['rdp'])}, "
-                 f"PRV {_f(le['prv'])}, tightest {_f(le['tightest'])} (the claim must not be below this).\n")
+        if le.get("worst_client") is None:
+            L.append(f"Re-accounting the {le['releases']} releases in `privacy_ledger.jsonl`: RDP {_f(le['rdp'])}, "
+                     f"PRV {_f(le['prv'])}, tightest {_f(le['tightest'])} (the claim must not be below this).\n")
+        else:
+            L.append(f"Re-accounting the DP-SGD steps of {le['clients']} clients in `privacy_ledger.jsonl`: worst RDP "
+                     f"{_f(le['rdp'])}; client {le['worst_client']} reaches {_f(le['tightest'])} with the tightest "
+                     "accountant (the claim must not be below this).\n")
 
     d = rep["dropouts"]
     L.append("## 2. Dropouts and the noise calibration\n")
-    L.append(d["note"] + ".\n")
+    L.append(d["note"][0].upper() + d["note"][1:] + ".\n")
     if d.get("target_noise_std") is not None:
         L.append(f"Calibrated for at least {d['calibrated_for_survivors']} clients per released sum (target noise std "
                  f"{_f(d['target_noise_std'])} per coordinate); fewest clients in a released sum: "
@@ -591,7 +657,8 @@ def render_markdown(rep: dict) -> str:
                  f"{d['aborted_rounds'] or 'none'}.\n")
     L.append("| round | sampled | canaries | survivors | aborted |\n|---|---|---|---|---|")
     for row in d["per_round"]:
-        L.append(f"| {row['round']} | {row['sampled']} | {row['canaries']} | {row['survivors']} | {_f(row['aborted'])} |")
+        L.append(f"| {row['round']} | {row['sampled']} | {row['canaries']} | {row['survivors']} "
+                 f"| {_f(row['aborted'])} |")
     L.append("")
 
     s = rep["secure_aggregation"]
@@ -624,7 +691,8 @@ def render_markdown(rep: dict) -> str:
             res = "pass" if c.get("ok") else ("not run" if c.get("ok") is None else "**FAIL**")
             detail = c.get("test") or c.get("why", "")
             if name == "uniformity":
-                detail += f"; {c['inputs_tested']} inputs, smallest p = {_f(c['min_p'])}, rejected: {len(c['rejected'])}"
+                detail += (f"; {c['inputs_tested']} inputs, smallest p = {_f(c['min_p'])}, "
+                           f"rejected: {len(c['rejected'])}")
             if name == "independence" and c.get("ok") is not None:
                 detail += (f"; {c['inputs_tested']} inputs, largest |r| = {_f(c['max_abs_r'])}, smallest p = "
                            f"{_f(c['min_p'])}, rejected: {len(c['rejected'])}")
@@ -643,8 +711,8 @@ def render_markdown(rep: dict) -> str:
     if cc is not None:
         fm = cc["final_model"]
         L.append(f"**Client-level canaries** ({cc['method']}): {cc['inserted']} inserted canaries (each in "
-                 f"{_f(cc['participation_mean'], 3)} of {cc['rounds']} rounds on average, clip norm times a random unit "
-                 f"direction in d = {cc['dim']}) and {cc['null']} never inserted.\n")
+                 f"{_f(cc['participation_mean'], 3)} of {cc['rounds']} rounds on average, clip norm times a random "
+                 f"unit direction in d = {cc['dim']}) and {cc['null']} never inserted.\n")
         L.append("| statistic | inserted mean (std) | null mean (std) | mu | epsilon estimate | "
                  f"{fm['confidence']:.0%} interval | separate-variance estimate |")
         L.append("|---|---|---|---|---|---|---|")

@@ -1,5 +1,6 @@
 """`python -m fl_core.bench cohort --clients K --batch B --json PATH`: the cohort trainer against
-Opacus client after client, in one run.
+Opacus client after client, in one run. `python -m fl_core.bench backends --config FILE --json PATH`:
+a run config trained by both backends over several seeds (accuracy and epsilon side by side).
 
 Both paths train the same model from the same start on the same data (K clients, each with
 ``--examples`` random examples of the model's input shape), for the same number of DP-SGD steps,
@@ -46,7 +47,7 @@ def _opacus_path(model, datasets, *, args, device, gens):
 
     updates, examples = [], 0
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for (x, y), g in zip(datasets, gens):
         if args.mode == "plain":
             res = local_train(_copy(model), (x, y), steps=args.steps, batch_size=args.batch, lr=args.lr,
@@ -60,7 +61,7 @@ def _opacus_path(model, datasets, *, args, device, gens):
             examples += res.examples
         updates.append(np.asarray(res.update))
     _sync(device)
-    return time.perf_counter() - t0, examples, updates
+    return time.perf_counter() - t0, examples, updates, time.process_time() - c0
 
 
 def _copy(model):
@@ -74,11 +75,11 @@ def _cohort_path(model, datasets, *, args, device, gens):
 
     dp = None if args.mode == "plain" else SampleDP(max_grad_norm=args.clip, noise_multiplier=args.noise)
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = train_cohort(model, datasets, steps=args.steps, batch_size=args.batch, lr=args.lr, dp=dp,
                        generators=gens, device=device, chunk_size=args.chunk_size)
     _sync(device)
-    return time.perf_counter() - t0, sum(res.sampled_examples), res
+    return time.perf_counter() - t0, sum(res.sampled_examples), res, time.process_time() - c0
 
 
 def bench_cohort(args: argparse.Namespace) -> dict:
@@ -112,8 +113,8 @@ def bench_cohort(args: argparse.Namespace) -> dict:
                          gens=[_client_seed(args.seed, k) for k in range(args.clients)])
         best_o = o if best_o is None or o[1] / o[0] > best_o[1] / best_o[0] else best_o
         best_c = c if best_c is None or c[1] / c[0] > best_c[1] / best_c[0] else best_c
-    o_s, o_n, o_upd = best_o
-    c_s, c_n, res = best_c
+    o_s, o_n, o_upd, o_cpu = best_o
+    c_s, c_n, res, c_cpu = best_c
     diff = max(float(np.abs(a - r.update).max()) for a, r in zip(o_upd, res.results[:m]))
     o_rate, c_rate = o_n / o_s, c_n / c_s
     out = {
@@ -131,17 +132,54 @@ def bench_cohort(args: argparse.Namespace) -> dict:
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "repeats": args.repeat,
-        "opacus_client_after_client": {"clients_timed": m, "seconds": round(o_s, 4), "examples": o_n,
-                                        "samples_per_s": round(o_rate, 1)},
-        "cohort": {"clients": args.clients, "seconds": round(c_s, 4), "examples": c_n,
-                   "samples_per_s": round(c_rate, 1), "chunk_size": res.chunk_size, "chunks": res.chunks},
+        "opacus_client_after_client": {"clients_timed": m, "seconds": round(o_s, 4), "cpu_seconds": round(o_cpu, 4),
+                                        "examples": o_n, "samples_per_s": round(o_rate, 1),
+                                        "samples_per_cpu_s": round(o_n / o_cpu, 1)},
+        "cohort": {"clients": args.clients, "seconds": round(c_s, 4), "cpu_seconds": round(c_cpu, 4), "examples": c_n,
+                   "samples_per_s": round(c_rate, 1), "samples_per_cpu_s": round(c_n / c_cpu, 1),
+                   "chunk_size": res.chunk_size, "chunks": res.chunks},
         "speedup": round(c_rate / o_rate, 2),
+        "speedup_cpu_time": round((c_n / c_cpu) / (o_n / o_cpu), 2),
         "max_update_difference": diff,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if device.type == "cuda":
         out["cuda_max_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
+
+
+def bench_backends(args: argparse.Namespace) -> dict:
+    """One run config trained by each backend over several seeds: accuracy, epsilon, seconds."""
+    import dataclasses
+    import tempfile
+
+    from fl_core.cohort import Backend
+    from fl_core.config import load_config
+    from fl_core.run import run
+
+    base = load_config(args.config)
+    rows = []
+    for seed in args.seeds:
+        for backend in Backend:
+            cfg = dataclasses.replace(base, seed=seed, local=dataclasses.replace(base.local, backend=backend))
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                s = run(cfg, tmp, progress=False, log=lambda m: None)
+                rows.append({"backend": backend.value, "seed": seed, "accuracy": s.final_accuracy,
+                             "epsilon": s.epsilon, "rounds": s.rounds_run,
+                             "seconds": round(time.perf_counter() - t0, 2)})
+            print(f"{backend.value:>7} seed {seed}: accuracy {s.final_accuracy:.4f}  epsilon "
+                  f"{'-' if s.epsilon is None else f'{s.epsilon:.4f}'}  {rows[-1]['seconds']} s", flush=True)
+    summary = {}
+    for backend in Backend:
+        mine = [r for r in rows if r["backend"] == backend.value]
+        acc = [r["accuracy"] for r in mine]
+        summary[backend.value] = {"accuracy_mean": float(np.mean(acc)), "accuracy_sd": float(np.std(acc, ddof=1))
+                                  if len(acc) > 1 else None, "epsilons": [r["epsilon"] for r in mine],
+                                  "seconds_mean": float(np.mean([r["seconds"] for r in mine]))}
+    return {"benchmark": "backends", "command": "python -m fl_core.bench " + " ".join(sys.argv[1:]),
+            "config": str(args.config), "secure_randomness": base.secure_randomness, "dp_mode": base.dp.mode.value,
+            "torch": torch.__version__, "cpu_count": os.cpu_count(), "runs": rows, "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--clip", type=float, default=1.0)
     c.add_argument("--lr", type=float, default=0.05)
     c.add_argument("--seed", type=int, default=0)
+    bk = sub.add_parser("backends", help="a run config with each training backend over seeds (accuracy, epsilon)")
+    bk.add_argument("--config", type=Path, required=True)
+    bk.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    bk.add_argument("--json", type=Path, required=True)
     a = p.parse_args(argv)
+    if a.command == "backends":
+        out = bench_backends(a)
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(out, indent=2) + "\n")
+        return 0
     for name in ("clients", "batch", "steps", "threads", "repeat"):
         if getattr(a, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(a, name)}")
@@ -179,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     o, c = out["opacus_client_after_client"], out["cohort"]
     print(f"{out['model']} K={a.clients} B={a.batch} on {out['device']}, {a.threads} threads: "
           f"Opacus {o['samples_per_s']:.0f} samples/s, cohort {c['samples_per_s']:.0f} samples/s "
-          f"(x{out['speedup']}), chunk {c['chunk_size']}, max update difference {out['max_update_difference']:.2e}")
+          f"(x{out['speedup']}; per CPU second x{out['speedup_cpu_time']}), chunk {c['chunk_size']}, "
+          f"max update difference {out['max_update_difference']:.2e}")
     return 0
 
 

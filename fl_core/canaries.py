@@ -71,7 +71,7 @@ class ClientCanaries:
     Canary j (0 <= j < inserted + null) has the unit direction ``direction(j)``, uniform on the
     sphere (a normalised Gaussian vector); inserted canary j sends ``l2_clip * direction(j)`` as
     its update, under client id ``first_id + j``. Participation follows the real clients' rule
-    (Andrew et al. Sec. 5: canaries are sampled like clients): with Poisson sampling each canary
+    (as in Andrew et al.: canaries are sampled like clients): with Poisson sampling each canary
     joins each round with probability ``rate``; with fixed-size cohorts ``per_round`` of them are
     drawn without replacement, so a canary is in a round as often as a real client is.
     """
@@ -317,7 +317,8 @@ def gaussian_fit_estimate(inserted, null, *, delta: float, confidence: float = 0
                                 delta=delta)
     return GaussianFitEstimate(
         n_in=k1, n_out=k0, mean_in=m1, std_in=s1, mean_out=m0, std_out=s0, mu=mu, mu_low=mu_lo, mu_high=mu_hi,
-        epsilon=epsilon_gdp(abs(mu), delta), epsilon_low=epsilon_gdp(lo_abs, delta), epsilon_high=epsilon_gdp(hi_abs, delta),
+        epsilon=epsilon_gdp(abs(mu), delta), epsilon_low=epsilon_gdp(lo_abs, delta),
+        epsilon_high=epsilon_gdp(hi_abs, delta),
         epsilon_separate_variances=sep, delta=delta, confidence=confidence)
 
 
@@ -391,7 +392,8 @@ def one_run_audit(scores, included, *, delta: float, confidence: float = 0.95,
         rows.append({"k_in": k, "k_out": k, "correct": correct, "epsilon_lower_bound": eps})
     best = max(rows, key=lambda row: row["epsilon_lower_bound"])
     return OneRunAudit(m=m, included=int(inc.sum()), guesses=2 * best["k_in"], correct=best["correct"],
-                       epsilon_lower_bound=best["epsilon_lower_bound"], delta=delta, confidence=confidence, per_guess_size=rows)
+                       epsilon_lower_bound=best["epsilon_lower_bound"], delta=delta, confidence=confidence,
+                       per_guess_size=rows)
 
 
 # --------------------------------------------------------------------------- message files

@@ -1,13 +1,15 @@
 """`python -m fl_core run --config FILE.toml --out DIR` (also the `fl-core` console script).
 
 Without --config it runs the default example (digits, secure aggregation, client-level DP).
-`--resume DIR` continues the run in DIR from its last checkpoint.
+`--resume DIR` continues the run in DIR from its last checkpoint. `--backend cohort` trains each round's
+clients all at once (``fl_core.cohort``) instead of one after the other.
 `python -m fl_core audit RUN_DIR` audits a finished run (``fl_core.audit``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -22,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<config name>)")
     r.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--backend", choices=["opacus", "cohort"], default=None,
+                   help="override local.backend: the reference per-client path, or the vectorized cohort")
     au = sub.add_parser("audit", help="audit a finished run: its guarantees, the server's view, empirical privacy "
                         "(writes RUN_DIR/audit.json and audit.md; exit status 1 when flagged)")
     au.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -48,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(a.config) if a.config else default_config()
             out = a.out or Path("runs") / (a.config.stem if a.config else "default")
             config_dir = a.config.parent if a.config else None
+        if a.backend is not None:
+            from .cohort import Backend
+            cfg = dataclasses.replace(cfg, local=dataclasses.replace(cfg.local, backend=Backend(a.backend)))
         run(cfg, out, resume=a.resume is not None, progress=not a.no_progress, config_dir=config_dir)
     except SecAggError as e:
         print(f"error: {e}", file=sys.stderr)

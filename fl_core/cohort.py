@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
@@ -705,7 +705,7 @@ def _train_chunk(data, plans, gens, start, *, twin, named, shared, personal, opt
         expected = torch.tensor([float(p.expected_batch) for p in plans], device=device)
     else:
         client = vmap(_plain_client_fn(_sample_loss_fn(twin.module, loss_fn)))
-        perms: list[list[torch.Tensor]] = [[] for _ in range(k)]
+        perms: list[torch.Tensor | None] = [None] * k
 
     for t in range(int(steps.max())):
         rows = torch.nonzero(steps > t).flatten()
@@ -713,7 +713,7 @@ def _train_chunk(data, plans, gens, start, *, twin, named, shared, personal, opt
         idx = []
         for j in active:
             pl = plans[j]
-            epoch, pos = divmod(t, pl.batches_per_epoch)
+            pos = t % pl.batches_per_epoch  # step within the epoch
             if dp is not None:
                 if pos == 0:  # a new DataLoader iterator draws its base seed from the sampling generator
                     torch.empty((), dtype=torch.int64).random_(generator=sample_gens[j])

@@ -45,6 +45,7 @@ from torch import nn
 from dp.accounting import AccountantKind
 
 from .client import OptimizerName
+from .cohort import Backend
 from .data import DATASET_FEATURES, DatasetName, FederatedDataset, Partition, load_federated
 from .errors import ConfigFieldError
 from .models import ModelName, build_model
@@ -52,7 +53,7 @@ from .params import matches_prefix
 from .strategy import ServerOptName, make_server_optimizer
 
 __all__ = [
-    "DPMode", "GradSampleMode", "AccountantKind", "GraphKind", "InitMode",
+    "DPMode", "GradSampleMode", "AccountantKind", "GraphKind", "InitMode", "Backend",
     "DataConfig", "ModelConfig", "LocalConfig", "ServerConfig", "DPConfig", "DropoutConfig",
     "SecAggConfig", "InitConfig", "PersonalizeConfig", "AuditConfig", "RunConfig",
     "load_config", "config_from_dict", "dump_config", "config_problems",
@@ -116,7 +117,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LocalConfig:
-    """Local training per client and round (``fl_core.client.local_train``)."""
+    """Local training per client and round (``fl_core.client.local_train``). ``backend``: "opacus",
+    the reference, trains the sampled clients one after the other (Opacus for DP-SGD); "cohort"
+    trains them all at once with the same semantics (``fl_core.cohort``, docs/cohort.md)."""
 
     ONE_OF: ClassVar[tuple[tuple[str, str], ...]] = (("epochs", "steps"),)
     epochs: int | None = 2
@@ -126,6 +129,7 @@ class LocalConfig:
     momentum: float = 0.9
     batch_size: int = 16
     prox_mu: float = 0.0
+    backend: Backend = Backend.OPACUS
 
 
 @dataclass(frozen=True)
@@ -322,6 +326,7 @@ def _section_problems(cfg: RunConfig) -> _Problems:
     p.number_in("local.momentum", lc.momentum, 0, 1, hi_open=True)
     p.int_at_least("local.batch_size", lc.batch_size, 1)
     p.number_in("local.prox_mu", lc.prox_mu, 0, inf, hi_open=True)
+    p.enum("local.backend", lc.backend, Backend)
     # server
     p.enum("server.optimizer", s.optimizer, ServerOptName)
     p.number_in("server.lr", s.lr, 0, inf, lo_open=True, hi_open=True)

@@ -35,12 +35,25 @@ def _epsilons(events_owner, delta: float, unit: UnitOfPrivacy) -> dict:
     return out
 
 
+def _local_training(cfg: RunConfig) -> dict:
+    """Which backend trained the clients and where DP-SGD's sampling and noise came from."""
+    noise = None
+    if cfg.dp.mode is DPMode.SAMPLE:
+        noise = ("a torch.Generator per client and round (Poisson sampling; noise from seed + 1) seeded with "
+                 "63 bits from os.urandom (the OS CSPRNG); the generator itself is not a CSPRNG, as in Opacus "
+                 "without secure_mode" if cfg.secure_randomness
+                 else "a torch.Generator per client and round seeded from (run seed, round, client): "
+                 "reproducible, NOT for production")
+    return {"backend": cfg.local.backend.value, "dp_sgd_noise_generator": noise}
+
+
 def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
     dp = cfg.dp
     rec: dict = {
         "mode": dp.mode.value,
         "noise_source": ("os.urandom (CSPRNG) for DP noise and protocol secrets" if cfg.secure_randomness
                          else "derived from the run seed: reproducible, NOT for production"),
+        "local_training": _local_training(cfg),
         "rounds_run": len(metrics),
         "rounds_planned": cfg.rounds,
         "secure_aggregation": {
@@ -90,7 +103,9 @@ def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
             per[str(u)] = _epsilons(privacy.per_client.tracker(u), dp.delta, UnitOfPrivacy.EXAMPLE)
         worst = max((v["tightest"] for v in per.values()), default=0.0)
         rec["mechanisms"].append({
-            "name": "DP-SGD (Abadi et al., CCS 2016) via Opacus, per client",
+            "name": ("DP-SGD (Abadi et al., CCS 2016) via Opacus, per client" if cfg.local.backend.value == "opacus"
+                     else "DP-SGD (Abadi et al., CCS 2016) per client, vectorized over the cohort (fl_core.cohort) "
+                     "with Opacus' semantics"),
             "unit_of_privacy": "example",
             "parameters": {"max_grad_norm": dp.l2_clip, "noise_multiplier": privacy.noise_multiplier,
                            "batch_size": cfg.local.batch_size, "local_epochs": cfg.local.epochs,

@@ -41,6 +41,7 @@ from secagg.simulate import ProtocolStage
 from .canaries import AuditRecorder
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .client import SampleDP, evaluate, local_train
+from .cohort import Backend, train_cohort
 from .config import DPMode, InitMode, RunConfig, dump_config
 from .data import FederatedDataset
 from .errors import CheckpointError, FLError
@@ -73,6 +74,15 @@ def _derive(seed: int, *parts) -> bytes:
 
 def _int_seed(seed: int, *parts) -> int:
     return int.from_bytes(_derive(seed, *parts)[:8], "big") >> 1
+
+
+def _local_generator(cfg: RunConfig, r: int, u: int, *, dp: bool) -> torch.Generator:
+    """Client u's training randomness in round r, for either backend: DP-SGD's sampling and noise
+    from a seed drawn from os.urandom in production runs, otherwise (and for shuffling) from the
+    run's seed."""
+    if dp and cfg.secure_randomness:
+        return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "big") >> 1)
+    return torch.Generator().manual_seed(_int_seed(cfg.seed, "local", r, u))
 
 
 class _PrivacyPlan:
@@ -344,24 +354,31 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
             sampled = keep
         # --- local training
         updates, examples, losses, events = {}, {}, {}, {}
-        for u in sampled:
+        dp = None
+        if privacy.mode is DPMode.SAMPLE:
+            dp = SampleDP(max_grad_norm=cfg.dp.l2_clip, noise_multiplier=privacy.noise_multiplier,
+                          grad_sample_mode=cfg.dp.grad_sample_mode.value, accountant=cfg.dp.accountant.value,
+                          delta=cfg.dp.delta)
+        gens = {u: _local_generator(cfg, r, u, dp=dp is not None) for u in sampled}
+        if lc.backend is Backend.COHORT and sampled:  # all sampled clients at once, same semantics
+            cohort = train_cohort(model, [data.client(u).train for u in sampled], epochs=lc.epochs, steps=lc.steps,
+                                  optimizer=lc.optimizer, lr=lc.lr, momentum=lc.momentum, batch_size=lc.batch_size,
+                                  prox_mu=lc.prox_mu, exclude=personal, generators=[gens[u] for u in sampled], dp=dp,
+                                  start=[personal_params.get(u) for u in sampled])
+            for u, res, own in zip(sampled, cohort.results, cohort.personal):
+                updates[u], examples[u], losses[u], events[u] = res.update, res.num_examples, res.loss, res.event
+                if personal:
+                    personal_params[u] = own
+        for u in sampled if lc.backend is Backend.OPACUS else ():  # the reference: one client after the other
             local = copy.deepcopy(model)
             if personal and u in personal_params:
                 own = dict(local.named_parameters())
                 with torch.no_grad():
                     for name, value in personal_params[u].items():
                         own[name].copy_(value)
-            gen = torch.Generator().manual_seed(_int_seed(cfg.seed, "local", r, u))
-            dp = None
-            if privacy.mode is DPMode.SAMPLE:
-                dp = SampleDP(max_grad_norm=cfg.dp.l2_clip, noise_multiplier=privacy.noise_multiplier,
-                              grad_sample_mode=cfg.dp.grad_sample_mode.value, accountant=cfg.dp.accountant.value,
-                              delta=cfg.dp.delta)
-                if cfg.secure_randomness:
-                    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "big") >> 1)
             res = local_train(local, data.client(u).train, epochs=lc.epochs, steps=lc.steps,
                               optimizer=lc.optimizer, lr=lc.lr, momentum=lc.momentum, batch_size=lc.batch_size,
-                              prox_mu=lc.prox_mu, exclude=personal, generator=gen, dp=dp)
+                              prox_mu=lc.prox_mu, exclude=personal, generator=gens[u], dp=dp)
             updates[u], examples[u], losses[u], events[u] = res.update, res.num_examples, res.loss, res.event
             if personal:
                 personal_params[u] = {n: p.detach().clone() for n, p in local.named_parameters()

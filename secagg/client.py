@@ -174,8 +174,8 @@ class ClientParty:
 
         head = {"v": STATE_VERSION, "session": self.config.session_id.hex(), "id": self.id,
                 "stage": self.stage.value,
-                "channel": hx(self._channel.private if self._channel else None),
-                "mask": hx(self._mask.private if self._mask else None),
+                "channel": [self._channel.private.hex(), self._channel.public.hex()] if self._channel else None,
+                "mask": [self._mask.private.hex(), self._mask.public.hex()] if self._mask else None,
                 "self_seed": hx(self._self_seed),
                 "peers": {str(v): [c.hex(), s.hex()] for v, (c, s) in self._peers.items()},
                 "held": {str(v): [a.hex(), b.hex()] for v, (a, b) in self._held.items()},
@@ -202,7 +202,8 @@ class ClientParty:
             if head["v"] != STATE_VERSION:
                 raise ValueError(f"version {head['v']!r}, this library reads {STATE_VERSION}")
             session, client_id, stage = unhex(head["session"]), int(head["id"]), Stage(head["stage"])
-            keys = [(k, unhex(head[k])) for k in ("channel", "mask")]
+            keys = [(k, None if head[k] is None else kex.KeyPair(*map(bytes.fromhex, head[k])))
+                    for k in ("channel", "mask")]
             self_seed = unhex(head["self_seed"])
             peers = {int(v): (bytes.fromhex(c), bytes.fromhex(s)) for v, (c, s) in head["peers"].items()}
             held = {int(v): (bytes.fromhex(a), bytes.fromhex(b)) for v, (a, b) in head["held"].items()}
@@ -219,8 +220,8 @@ class ClientParty:
             if len(raw) != config.dim * dtype.itemsize:
                 raise InputError(f"state holds {len(raw)} bytes of input, expected {config.dim} words of {dtype}")
             party._input = check_words(np.frombuffer(raw, dtype=dtype), config, what="saved input")
-        for name, private in keys:
-            setattr(party, f"_{name}", None if private is None else kex.KeyPair.from_private(private))
+        for name, pair in keys:
+            setattr(party, f"_{name}", pair)
         party.stage, party._self_seed, party._survivors = stage, self_seed, survivors
         party._peers, party._held, party._share_keys = peers, held, share_keys
         return party

@@ -110,7 +110,8 @@ def _reply(msg: Message, **values) -> Message:
 class SecureClientApp(ClientApp):
     """A ClientApp whose train updates leave the node only masked, through our protocol.
 
-    ``max_epsilon``: refuse rounds that promise less privacy (a client's own floor).
+    ``max_epsilon``: refuse rounds that promise less privacy (a client's own floor; default: the
+    node config's ``max-epsilon``, if set).
     ``allow_plain_train``: also serve train messages that do not start a secure round (off by
     default, so a server that skips secure aggregation never receives a raw update).
     """
@@ -142,7 +143,8 @@ class SecureClientApp(ClientApp):
                                       "it got a train message without a secure round setup")
         setup = RoundSetup.from_bytes(msg.content.config_records[RECORD]["setup"])
         u = self._client_id(context)
-        check_setup(setup, u, max_epsilon=self._max_epsilon)
+        limit = self._max_epsilon if self._max_epsilon is not None else context.node_config.get("max-epsilon")
+        check_setup(setup, u, max_epsilon=None if limit is None else float(limit))
         update = examples = None
         if setup.input.kind is not InputKind.WORDS:
             start, layout = arrays_to_vector(msg.content.array_records["arrays"])

@@ -1,9 +1,13 @@
 """A Flower Grid that delivers messages to ClientApps in this process (tests and benchmarks).
 
-Each message is handled by ``client_app(message, context)`` with a Context whose ``state`` is a
-deep copy of what the node kept after its previous message, and the copy is kept only when the
-handler returns: as on the Deployment Engine, where every message runs in a fresh process and only
-``Context.state`` survives. Python objects held between messages would not survive there, and
+With ``serialize=True`` (the default) every message and reply goes through Flower's own
+serialization (each object of the message tree deflated to bytes and inflated again, as between
+SuperLink and SuperNode), which also counts the bytes; with ``serialize=False`` each receiver gets
+a fresh copy of the records (handlers may mutate them) and no bytes are counted, so a timing shows
+the protocol's own cost. Each message is handled by ``client_app(message, context)`` with a Context whose ``state``
+is a deep copy of what the node kept after its previous message, and the copy is kept only when
+the handler returns: as on the Deployment Engine, where every message runs in a fresh process and
+only ``Context.state`` survives. Python objects held between messages would not survive there, and
 do not survive here. Dropouts are scheduled by exchange: ``silent_from[i]`` is the set of nodes
 that stop answering from the i-th ``send_and_receive`` call on (0-based).
 """
@@ -11,25 +15,35 @@ that stop answering from the i-th ``send_and_receive`` call on (0-based).
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Iterable, Mapping
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 from flwr.supercore.task_identity import TaskIdentity
 
-__all__ = ["InProcessGrid", "wire_bytes"]
+__all__ = ["InProcessGrid", "transmit", "fresh_copy"]
 
 #: Flower's error code for a ClientApp exception (flwr.common.constant.ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
 CLIENT_APP_RAISED_EXCEPTION = 2
 
 
-def wire_bytes(msg: Message) -> int:
-    """Bytes of a message's content as Flower serializes it (every object of its tree)."""
+def fresh_copy(msg: Message) -> Message:
+    """A new message with new records holding the same immutable values (no serialization)."""
     if not msg.has_content():
-        return 0
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(msg.content).values())
+        return msg
+    records = {}
+    for key, rec in msg.content.items():
+        records[key] = ArrayRecord.from_array_dict(dict(rec)) if isinstance(rec, ArrayRecord) else type(rec)(dict(rec))
+    return Message(content=RecordDict(records), metadata=copy.copy(msg.metadata))
+
+
+def transmit(msg: Message) -> tuple[Message, int]:
+    """The message as the receiver gets it after Flower's serialization, and its size in bytes."""
+    contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(msg).items()}
+    size = sum(len(c) for c in contents.values())
+    return inflate_object_from_contents(msg.object_id, contents), size
 
 
 class InProcessGrid(Grid):
@@ -37,19 +51,18 @@ class InProcessGrid(Grid):
 
     def __init__(self, client_app: Callable[[Message, Context], Message], node_configs: Mapping[int, dict], *,
                  run_config: dict | None = None, silent_from: Mapping[int, Iterable[int]] | None = None,
-                 count_bytes: bool = False, run_id: int = 1) -> None:
+                 serialize: bool = True, run_id: int = 1) -> None:
         self.client_app = client_app
         self.node_configs = {int(k): dict(v) for k, v in node_configs.items()}
         self.run_config = dict(run_config or {})
         self.silent_from = {int(i): set(ids) for i, ids in (silent_from or {}).items()}
         self.states: dict[int, RecordDict] = {nid: RecordDict() for nid in self.node_configs}
-        self.count_bytes = count_bytes
         self.sent_bytes: dict[int, int] = {nid: 0 for nid in self.node_configs}      # server -> node
         self.received_bytes: dict[int, int] = {nid: 0 for nid in self.node_configs}  # node -> server
-        self.counting_seconds = 0.0  # time spent measuring bytes, to subtract from timings
         self.calls = 0
         self.errors: list[str] = []
         self._run_id = run_id
+        self.serialize = serialize
         for name, value in (("run_id", run_id), ("node_id", 0), ("task_id", 0)):
             if getattr(TaskIdentity, f"_{name}") is None:  # set in a real ServerApp process; Message() needs it
                 setattr(TaskIdentity, name, value)
@@ -81,24 +94,22 @@ class InProcessGrid(Grid):
         replies = []
         for msg in messages:
             nid = msg.metadata.dst_node_id
-            self._count(nid, msg, self.sent_bytes)
-            if nid in silent or nid not in self.node_configs:
+            if nid not in self.node_configs:
+                continue
+            delivered, size = transmit(msg) if self.serialize else (fresh_copy(msg), 0)
+            self.sent_bytes[nid] += size
+            if nid in silent:
                 continue
             ctx = Context(run_id=self._run_id, node_id=nid, node_config=dict(self.node_configs[nid]),
                           state=copy.deepcopy(self.states[nid]), run_config=dict(self.run_config))
             try:
-                reply = self.client_app(msg, ctx)
+                reply = self.client_app(delivered, ctx)
             except Exception as e:  # what Flower does with a ClientApp exception: an error reply
                 self.errors.append(f"node {nid}: {type(e).__name__}: {e}")
-                reply = Message(Error(CLIENT_APP_RAISED_EXCEPTION, f"{type(e).__name__}: {e}"), reply_to=msg)
+                reply = Message(Error(CLIENT_APP_RAISED_EXCEPTION, f"{type(e).__name__}: {e}"), reply_to=delivered)
             else:
                 self.states[nid] = ctx.state
-            self._count(nid, reply, self.received_bytes)
+            reply, size = transmit(reply) if self.serialize else (fresh_copy(reply), 0)
+            self.received_bytes[nid] += size
             replies.append(reply)
         return replies
-
-    def _count(self, nid: int, msg: Message, into: dict[int, int]) -> None:
-        if self.count_bytes and nid in into:
-            t0 = time.perf_counter()
-            into[nid] += wire_bytes(msg)
-            self.counting_seconds += time.perf_counter() - t0

@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dp.distributed import DDGConfig, DDGPlan
+from dp.distributed import clip_l2 as ddg_clip_l2
 from dp.distributed import decode_sum as ddg_decode_sum
 from dp.distributed import encode_client as ddg_encode
 from dp.rotation import padded_dim
 from secagg import wire
 from secagg.client import ClientParty
 from secagg.config import GraphKind, RoundConfig
-from secagg.encoding import FixedPointEncoding, clip_l2
+from secagg.encoding import FixedPointEncoding
 from secagg.errors import (ConfigError, DecodeError, InputError, RefusedRequestError,
                            RemoteProtocolError, SecAggError)
 from secagg.hazmat.sign import SigningKey
@@ -157,7 +158,8 @@ def encode_input(spec: InputSpec, *, client_id: int, round_number: int, round_se
     if isinstance(num_examples, bool) or not isinstance(num_examples, int) or not 0 < num_examples <= spec.example_cap:
         raise InputError(f"num_examples={num_examples!r} must be an int in (0, example_cap={spec.example_cap}]")
     enc = FixedPointEncoding.for_sum(bits=spec.bits, clip=spec.l2_clip, max_clients=spec.num_clients)
-    weighted = clip_l2(x, spec.l2_clip) * (num_examples / spec.example_cap)
+    weighted = ddg_clip_l2(x, spec.l2_clip)  # einsum norm: a threaded BLAS dot is slow on a busy machine
+    weighted *= num_examples / spec.example_cap
     words = enc.encode(weighted, rng=np.random.default_rng(int.from_bytes(os.urandom(16), "big")))
     return np.concatenate([words, np.array([num_examples], dtype=words.dtype)])
 
@@ -217,7 +219,12 @@ class RoundSetup:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RoundSetup:
-        """Parse; a malformed or invalid setup is a DecodeError naming what was wrong."""
+        """Parse; a malformed or invalid setup is a DecodeError naming what was wrong. The last few
+        setups parsed are reused, so a process serving many clients builds each graph once."""
+        return _parse_setup(bytes(data))
+
+    @classmethod
+    def _parse(cls, data: bytes) -> RoundSetup:
         try:
             d = json.loads(bytes(data))
             if d["v"] != SETUP_VERSION:
@@ -226,6 +233,11 @@ class RoundSetup:
                        round_seed=bytes.fromhex(d["round_seed"]), input=InputSpec.from_dict(d["input"]))
         except (ValueError, KeyError, TypeError, SecAggError) as e:
             raise DecodeError(f"round setup is malformed: {e}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_setup(data: bytes) -> RoundSetup:
+    return RoundSetup._parse(data)
 
 
 def check_setup(setup: RoundSetup, client_id: int, *, max_epsilon: float | None = None) -> None:

@@ -407,6 +407,30 @@ def test_active_mode_over_flower_with_node_signing_keys(flwr_mods, tmp_path):
     assert np.array_equal(r.aggregate, plaintext_sum(words, r.survivors, 20))
 
 
+def test_a_node_refuses_rounds_above_its_max_epsilon(flwr_mods):
+    """Node config max-epsilon=2: a run at epsilon 8 gets an error reply from that node at setup, so
+    it is a dropout; the others aggregate without it (their mean update is the mean of their deltas
+    plus DP noise, here only checked to be finite and applied)."""
+    flower, inprocess = flwr_mods
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    app = flower.SecureClientApp()
+
+    @app.train()
+    def train(msg, context):
+        (a,) = msg.content["arrays"].to_numpy_ndarrays()
+        return Message(RecordDict({"arrays": ArrayRecord([a + 0.01]), "metrics": MetricRecord({"num-examples": 5})}),
+                       reply_to=msg)
+    nodes = {10 + u: {"partition-id": u} for u in range(4)}
+    nodes[13]["max-epsilon"] = 2.0
+    grid = inprocess.InProcessGrid(app, nodes)
+    s = flower.SecureSettings(rounds=1, min_nodes=4, node_wait=0.1, stage_timeout=1.0, epsilon=8.0, min_survivors=0.5,
+                              graph=GraphKind.COMPLETE)
+    res = flower.SecureFedAvg(s, log=lambda m: None).start(grid, initial_arrays=ArrayRecord([np.zeros(8, np.float32)]))
+    r = res.rounds[0]
+    assert r.survivors == (0, 1, 2) and "max_epsilon=2.0" in r.dropouts[3]
+    assert np.all(np.isfinite(res.arrays.to_numpy_ndarrays()[0])) and res.epsilon == pytest.approx(8.0, rel=1e-6)
+
+
 def _example_modules():
     sys.path.insert(0, str(APP_DIR))
     try:

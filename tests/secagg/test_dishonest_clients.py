@@ -12,16 +12,15 @@ import struct
 import numpy as np
 import pytest
 
-from secagg import client as client_mod, wire
+from secagg import client as client_mod, errors, wire
 from secagg.client import ClientParty
 from secagg.config import GraphKind
-from secagg.errors import (AuthenticationError, DecodeError, DuplicateMessageError, LocalProtocolError,
-                           RemoteProtocolError)
+from secagg.errors import AuthenticationError, RemoteProtocolError
 from secagg.faults import Envelope, run_round
-from secagg.hazmat import kex, shamir
+from secagg.hazmat import kex
 from secagg.hazmat.sign import SigningKey
 from secagg.messages import (AdvertiseKeys, ConsistencySignature, ForwardedShares, KeysBroadcast, MaskedInput,
-                             PeerKeys, RevealedShare, ShareKeys, UnmaskResponse)
+                             PeerKeys, RevealedShare)
 from secagg.server import ServerParty
 from secagg.simulate import DropoutSchedule, ProtocolStage
 
@@ -89,7 +88,7 @@ def test_malformed_masked_input_is_rejected_and_the_genuine_one_still_counts(nam
     cfg, inputs, _ = make_round(5, dim=DIM, bits=BITS, t=3, seed=1)
     rep = run_round(cfg, inputs, network=at(ProtocolStage.MASKED_INPUT, 2)(_bad_inputs()[name]))
     assert len(rep.hostile_results) == 1 and rep.hostile_results[0] != "accepted"
-    assert issubclass(getattr(__import__("secagg.errors", fromlist=["x"]), rep.hostile_results[0]), RemoteProtocolError)
+    assert issubclass(getattr(errors, rep.hostile_results[0]), RemoteProtocolError)
     assert_exact_with_everyone(rep, cfg)
 
 

@@ -20,12 +20,11 @@ from secagg import client as client_mod, wire
 from secagg.client import ClientParty, bound_share_key, mask_sign
 from secagg.config import GraphKind
 from secagg.errors import (AuthenticationError, InsufficientSharesError, RefusedRequestError,
-                           UnexpectedMessageError, WrongSessionError)
-from secagg.faults import Envelope, run_round
+                           UnexpectedMessageError)
+from secagg.faults import run_round
 from secagg.hazmat import aead, kex, prg, shamir
 from secagg.messages import (ConsistencyRequest, EncryptedShare, ForwardedShares, KeysBroadcast,
-                             MaskedInput, PeerKeys, ShareKeys, ShareKind, SignedBy, UnmaskRequest,
-                             UnmaskResponse)
+                             MaskedInput, PeerKeys, ShareKind, SignedBy, UnmaskRequest)
 from secagg.server import ServerParty
 from secagg.simulate import ProtocolStage, plain_sum
 

@@ -1,0 +1,273 @@
+"""Our secure round vs Flower's SecAgg+ (SecAggPlusWorkflow + secaggplus_mod), side by side.
+
+In one process (default): both protocols driven through the same in-process Flower Grid
+(``fl_core.integrations.inprocess.InProcessGrid``), same n, d and dropouts (clients that go silent
+after sharing keys, before their masked input: the only dropout Flower's workflow survives).
+Clients hold a fixed float update (no training) that each side quantizes its own way. Rows:
+- ours at our secure (k, t) (``secagg.graph.choose_k_t``), without and with DP;
+- Flower at num_shares = k + 1 (its neighbourhood counts the client itself), threshold = t, and at
+  its example's (7, 4);
+- our bare protocol (``secagg.simulate``, no Flower objects) at the same (k, t), for the overhead.
+Times are the protocol's own (messages handed over as fresh records, no serialization); one more
+run per row sends every message through Flower's serialization both ways (``inprocess.transmit``),
+as on the engine, for the time with serialization and the bytes per client (median over survivors).
+
+With ``--engine``: the same comparison on a local Deployment Engine (SuperLink + SuperNodes on
+127.0.0.1), our example app (examples/flower, test words) vs examples/flower/baseline (Flower's
+SecAgg+), same n and d, no dropout. Writes JSON (default benchmarks/results/flower_compare.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+
+from fl_core.integrations import flower as ours  # noqa: E402
+from fl_core.integrations.inprocess import InProcessGrid  # noqa: E402
+from secagg.config import GraphKind, RoundConfig  # noqa: E402
+from secagg.graph import choose_k_t  # noqa: E402
+from secagg.simulate import DropoutSchedule, ProtocolStage, Transcript, simulate  # noqa: E402
+
+EXAMPLES = 100  # every client's example count (its FedAvg weight)
+
+
+def deltas(n: int, d: int, seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {i: rng.normal(0, 0.01, d).astype(np.float32) for i in range(n)}
+
+
+def summarize(times: list[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "runs_s": times}
+
+
+def per_client_bytes(grid: InProcessGrid, survivors) -> dict:  # zero unless the grid serializes
+    up = [grid.received_bytes[100 + u] for u in survivors]
+    down = [grid.sent_bytes[100 + u] for u in survivors]
+    return {"upload_bytes_per_client": int(statistics.median(up)), "download_bytes_per_client": int(statistics.median(down))}
+
+
+# ---------------------------------------------------------------------------- ours over Flower objects
+
+
+def ours_inprocess(n, d, dropped, k, t, *, dp: bool, repeats: int, serialize: bool) -> dict:
+    delta = deltas(n, d)
+    app = ours.SecureClientApp()
+
+    @app.train()
+    def train(msg, context):
+        u = context.node_config["partition-id"]
+        (arr,) = msg.content["arrays"].to_numpy_ndarrays()
+        return Message(RecordDict({"arrays": ArrayRecord([arr + delta[u]]),
+                                   "metrics": MetricRecord({"num-examples": EXAMPLES})}), reply_to=msg)
+
+    settings = ours.SecureSettings(rounds=1, min_nodes=n, node_wait=0.1, stage_timeout=1.0, bits=32,
+                                   min_survivors=0.6, graph=GraphKind.SPARSE if k < n - 1 else GraphKind.COMPLETE,
+                                   k=k, threshold=(t - 0.5) / k, epsilon=8.0 if dp else None, l2_clip=10.0,
+                                   example_cap=EXAMPLES)
+    start = ArrayRecord([np.zeros(d, dtype=np.float32)])
+    nodes = {100 + i: {"partition-id": i} for i in range(n)}
+    silent = {3: {100 + u for u in dropped}}  # calls: 0 hello, 1 setup, 2 keys, 3 shares (masked input)
+    times = []
+    for _ in range(repeats):
+        grid = InProcessGrid(app, nodes, silent_from=silent, serialize=serialize)
+        res = ours.SecureFedAvg(settings, log=lambda m: None).start(grid, initial_arrays=start)
+        rec = res.rounds[0]
+        if rec.aborted:
+            raise RuntimeError(rec.aborted)
+        times.append(rec.seconds)
+    survivors = rec.survivors
+    got = res.arrays.to_numpy_ndarrays()[0]
+    want = np.mean([delta[u] for u in survivors], axis=0)
+    return {"system": "ours", "k": rec.k, "t": rec.threshold, "input": "ddg epsilon=8" if dp else "fixed point",
+            "survivors": len(survivors), **summarize(times), **per_client_bytes(grid, survivors),
+            "max_abs_error": float(np.max(np.abs(got - want))) if not dp else None,
+            "note": "time of the round (setup, keys, shares, unmask), the hello excluded"}
+
+
+def ours_bare(n, d, dropped, k, t, *, repeats: int) -> dict:
+    rng = np.random.default_rng(1)
+    words = {u: rng.integers(0, 2**32, d, dtype=np.uint64).astype(np.uint32) for u in range(n)}
+    graph = GraphKind.SPARSE if k < n - 1 else GraphKind.COMPLETE
+    times = []
+    for _ in range(repeats):
+        cfg = RoundConfig.new(client_ids=range(n), dim=d, bits=32, threshold=t, min_survivors=int(0.6 * n),
+                              graph=graph, k=k if graph is GraphKind.SPARSE else None)
+        t0 = time.perf_counter()
+        res = simulate(cfg, words, dropouts=DropoutSchedule.at(MASKED_INPUT=set(dropped)), transcript=Transcript.NONE)
+        times.append(time.perf_counter() - t0)
+    return {"system": "ours, bare protocol (secagg.simulate)", "k": k, "t": t, "survivors": len(res.survivors),
+            **summarize(times), "upload_bytes_per_client": max(res.masked_input_bytes.values())}
+
+
+# ---------------------------------------------------------------------------- Flower's SecAgg+
+
+
+def flower_inprocess(n, d, dropped, num_shares, threshold, *, repeats: int, serialize: bool) -> dict:
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.client import NumPyClient
+    from flwr.clientapp import ClientApp
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common import ndarrays_to_parameters
+    from flwr.server import ServerConfig, SimpleClientManager
+    from flwr.server.compat.grid_client_proxy import GridClientProxy
+    from flwr.server.compat.legacy_context import LegacyContext
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import SecAggPlusWorkflow
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+    delta = deltas(n, d)
+
+    class Client(NumPyClient):
+        def __init__(self, u):
+            self.u = u
+
+        def fit(self, parameters, config):
+            return [parameters[0] + delta[self.u]], EXAMPLES, {}
+
+    app = ClientApp(client_fn=lambda context: Client(int(context.node_config["partition-id"])).to_client(),
+                    mods=[secaggplus_mod])
+    nodes = {100 + i: {"partition-id": i} for i in range(n)}
+    silent = {2: {100 + u for u in dropped}}  # calls: 0 setup, 1 share keys, 2 collect masked vectors
+    times = []
+    for _ in range(repeats):
+        grid = InProcessGrid(app, nodes, silent_from=silent, serialize=serialize)
+        cm = SimpleClientManager()
+        for nid in nodes:
+            cm.register(GridClientProxy(nid, grid, 1))
+        strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_available_clients=n)
+        ctx = LegacyContext(Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+                            config=ServerConfig(num_rounds=1), strategy=strategy, client_manager=cm)
+        ctx.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: 1, Key.START_TIME: 0.0})
+        ctx.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+            ndarrays_to_parameters([np.zeros(d, dtype=np.float32)]), True)
+        workflow = SecAggPlusWorkflow(num_shares=num_shares, reconstruction_threshold=threshold, timeout=1.0)
+        t0 = time.perf_counter()
+        workflow(grid, ctx)
+        times.append(time.perf_counter() - t0)
+    survivors = [u for u in range(n) if u not in set(dropped)]
+    got = compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], True)
+    from flwr.common import parameters_to_ndarrays
+    got = parameters_to_ndarrays(got)[0]
+    want = np.mean([delta[u] for u in survivors], axis=0)
+    return {"system": "flower secaggplus", "num_shares": num_shares, "reconstruction_threshold": threshold,
+            "input": "flower quantization (clip 8, 2^22 levels, mod 2^32)", "survivors": len(survivors),
+            **summarize(times), **per_client_bytes(grid, survivors),
+            "max_abs_error": float(np.max(np.abs(got - want)))}
+
+
+# ---------------------------------------------------------------------------- engine
+
+
+def engine(n: int, d: int, timeout: float) -> dict:
+    from fl_core.integrations.deployment import LocalDeployment
+
+    out = {}
+    with tempfile.TemporaryDirectory() as td:
+        with LocalDeployment(num_nodes=n) as dep:
+            res_file = Path(td) / "ours.json"
+            run = dep.run(ROOT / "examples" / "flower", {"test-dim": d, "num-server-rounds": 1, "min-nodes": n,
+                                                         "stage-timeout": timeout, "graph": "complete",
+                                                         "result-file": str(res_file)}, timeout=600)
+            r = json.loads(res_file.read_text())["rounds"][0] if res_file.exists() else {}
+            out["ours"] = {"status": run.status, "round_seconds": r.get("seconds"),
+                           "step_seconds": r.get("step_seconds"), "survivors": len(r.get("survivors", [])),
+                           "k": r.get("k"), "t": r.get("threshold"),
+                           "protocol_upload_bytes_per_client": r.get("upload_bytes_per_client"),
+                           "run_network_traffic": (run.info or {}).get("network-traffic"),
+                           "flwr_run_seconds": run.seconds}
+            flower_file = Path(td) / "flower.json"
+            run = dep.run(ROOT / "examples" / "flower" / "baseline", {"dim": d, "num-shares": n, "threshold": n // 2 + 1,
+                                                                      "min-nodes": n, "timeout": timeout, "out": str(flower_file)},
+                          timeout=600)
+            f = json.loads(flower_file.read_text()) if flower_file.exists() else {}
+            out["flower"] = {"status": run.status, "round_seconds": f.get("round_seconds"),
+                             "num_shares": n, "reconstruction_threshold": n // 2 + 1,
+                             "run_network_traffic": (run.info or {}).get("network-traffic"),
+                             "flwr_run_seconds": run.seconds}
+        out["leftover_processes"] = dep.leftovers
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--d", type=int, default=100_000)
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--engine", action="store_true", help="also compare on a local Deployment Engine")
+    ap.add_argument("--engine-nodes", type=int, default=4)
+    ap.add_argument("--engine-d", type=int, default=100_000)
+    ap.add_argument("--engine-timeout", type=float, default=120.0)
+    ap.add_argument("--skip-inprocess", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "flower_compare.json")
+    args = ap.parse_args(argv)
+    n, d = args.n, args.d
+    dropped = list(range(0, n, max(1, round(1 / args.dropout))))[:round(args.dropout * n)] if args.dropout else []
+    report = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
+                          "cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(),
+                          "note": "a shared 2-core machine; other jobs ran at the same time"},
+              "flwr": __import__("flwr").__version__,
+              "inprocess": {"n": n, "d": d, "dropped": len(dropped),
+                            "dropout": "silent after sharing keys, before the masked input", "rows": []}}
+    if not args.skip_inprocess:
+        k, t = choose_k_t(n, dropout=args.dropout, corrupt=0.05)
+        rows = report["inprocess"]["rows"]
+
+        def add(row):
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "runs_s"}), flush=True)
+
+        specs = [(ours_inprocess, (n, d, dropped, k, t), {"dp": False}),
+                 (ours_inprocess, (n, d, dropped, k, t), {"dp": True}),
+                 (ours_bare, (n, d, dropped, k, t), {}),
+                 (flower_inprocess, (n, d, dropped, k + 1, t), {}),
+                 (flower_inprocess, (n, d, dropped, 7, 4), {})]
+        # Round robin, so a change in the machine's load hits every row alike.
+        runs: list[list[dict]] = [[] for _ in specs]
+        for _ in range(args.repeats):
+            for i, (fn, a, kw) in enumerate(specs):
+                runs[i].append(fn(*a, repeats=1, **kw, **({} if fn is ours_bare else {"serialize": False})))
+        for i, (fn, a, kw) in enumerate(specs):
+            row = dict(runs[i][0])
+            row.update(summarize([r["median_s"] for r in runs[i]]))
+            if fn is not ours_bare:  # one more run through Flower's serialization: its time and the bytes
+                ser = fn(*a, repeats=1, serialize=True, **kw)
+                row.update({"with_flower_serialization_s": ser["median_s"],
+                            "upload_bytes_per_client": ser["upload_bytes_per_client"],
+                            "download_bytes_per_client": ser["download_bytes_per_client"]})
+            add(row)
+        ours_k = rows[0]["median_s"]
+        report["inprocess"]["speedup"] = {
+            f"flower num_shares={k + 1}, threshold={t} vs ours k={k}, t={t} (same neighbourhood)":
+                rows[3]["median_s"] / ours_k,
+            f"flower example num_shares=7, threshold=4 vs ours k={k}, t={t} (our secure choice)":
+                rows[4]["median_s"] / ours_k,
+            "with Flower's serialization, same neighbourhood":
+                rows[3]["with_flower_serialization_s"] / rows[0]["with_flower_serialization_s"]}
+        print(json.dumps(report["inprocess"]["speedup"]), flush=True)
+    if args.engine:
+        report["engine"] = {"n": args.engine_nodes, "d": args.engine_d, "dropout": 0,
+                            **engine(args.engine_nodes, args.engine_d, args.engine_timeout)}
+        print(json.dumps(report["engine"]), flush=True)
+    report["machine"]["load_avg_at_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
