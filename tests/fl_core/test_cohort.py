@@ -21,8 +21,8 @@ from torch.nn import functional as F
 from dp.accounting import Accountant, AccountantKind
 from dp.events import UnitOfPrivacy
 from fl_core.client import SampleDP, local_train
-from fl_core.cohort import (Backend, UnsupportedLayerError, _twin, check_model, clipped_grad_sum, plan_client,
-                            train_cohort)
+from fl_core.cohort import (Backend, UnsupportedLayerError, _probe, _twin, check_model, clipped_grad_sum,
+                            plan_client, train_cohort)
 from fl_core.config import config_from_dict, dump_config, load_config
 from fl_core.errors import ConfigFieldError
 from fl_core.models import build_model
@@ -165,7 +165,6 @@ def test_only_single_call_vector_input_linears_are_tapped():
                            ("cnn28", {"body.7", "head"})):
         make, shape = MODELS[name]
         model = make()
-        from fl_core.cohort import _probe
         twin = _probe(model, _twin(model, torch.device("cpu")), torch.randn(3, *shape))
         assert set(twin.taps) == expected, name
 
