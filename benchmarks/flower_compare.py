@@ -14,7 +14,9 @@ as on the engine, for the time with serialization and the bytes per client (medi
 
 With ``--engine``: the same comparison on a local Deployment Engine (SuperLink + SuperNodes on
 127.0.0.1), our example app (examples/flower, test words) vs examples/flower/baseline (Flower's
-SecAgg+), same n and d, no dropout. Writes JSON (default benchmarks/results/flower_compare.json).
+SecAgg+), same n and d, no dropout. With ``--engine-digits``: the example app as shipped (digits,
+training, DP at epsilon 8, 2 rounds) under ``flwr run``. Writes JSON (default
+benchmarks/results/flower_compare.json).
 """
 
 from __future__ import annotations
@@ -202,6 +204,23 @@ def engine(n: int, d: int, timeout: float) -> dict:
     return out
 
 
+def engine_digits(n: int, rounds: int, epsilon: float, timeout: float) -> dict:
+    """The example app as shipped (digits, training, DDG at ``epsilon``) under ``flwr run``."""
+    from fl_core.integrations.deployment import LocalDeployment
+
+    with tempfile.TemporaryDirectory() as td, LocalDeployment(num_nodes=n) as dep:
+        res_file = Path(td) / "digits.json"
+        run = dep.run(ROOT / "examples" / "flower", {"num-server-rounds": rounds, "epsilon": epsilon, "min-nodes": n,
+                                                     "stage-timeout": timeout, "result-file": str(res_file)},
+                      timeout=1200)
+        d = json.loads(res_file.read_text()) if res_file.exists() else {}
+    return {"status": run.status, "nodes": n, "epsilon_budget": epsilon, "epsilon_spent": d.get("epsilon"),
+            "delta": d.get("delta"), "flwr_run_seconds": run.seconds,
+            "rounds": [{k: r[k] for k in ("round", "survivors", "k", "threshold", "seconds", "epsilon", "metrics",
+                                          "upload_bytes_per_client")} for r in d.get("rounds", [])],
+            "run_network_traffic": (run.info or {}).get("network-traffic")}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100)
@@ -212,6 +231,7 @@ def main(argv=None) -> None:
     ap.add_argument("--engine-nodes", type=int, default=4)
     ap.add_argument("--engine-d", type=int, default=100_000)
     ap.add_argument("--engine-timeout", type=float, default=120.0)
+    ap.add_argument("--engine-digits", action="store_true", help="also run the digits example app on the engine")
     ap.add_argument("--skip-inprocess", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "flower_compare.json")
     args = ap.parse_args(argv)
@@ -263,6 +283,9 @@ def main(argv=None) -> None:
         report["engine"] = {"n": args.engine_nodes, "d": args.engine_d, "dropout": 0,
                             **engine(args.engine_nodes, args.engine_d, args.engine_timeout)}
         print(json.dumps(report["engine"]), flush=True)
+    if args.engine_digits:
+        report["engine_digits"] = engine_digits(args.engine_nodes, 2, 8.0, args.engine_timeout)
+        print(json.dumps(report["engine_digits"]), flush=True)
     report["machine"]["load_avg_at_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

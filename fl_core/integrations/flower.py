@@ -110,8 +110,8 @@ def _reply(msg: Message, **values) -> Message:
 class SecureClientApp(ClientApp):
     """A ClientApp whose train updates leave the node only masked, through our protocol.
 
-    ``max_epsilon``: refuse rounds that promise less privacy (a client's own floor; default: the
-    node config's ``max-epsilon``, if set).
+    ``max_epsilon``: refuse rounds whose epsilon is larger, or that have no DP (the node's own cap;
+    default: the node config's ``max-epsilon``, if set).
     ``allow_plain_train``: also serve train messages that do not start a secure round (off by
     default, so a server that skips secure aggregation never receives a raw update).
     """

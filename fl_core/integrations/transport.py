@@ -77,7 +77,9 @@ class InputSpec:
 
     DDG: the noise is calibrated for ``min_survivors`` shares and the range for ``num_clients``;
     give (``epsilon``, ``delta``) over ``rounds`` rounds or a ``noise_multiplier``. Each client
-    derives the plan itself from these public numbers, so the server never hands it a noise level.
+    computes its noise from these public numbers itself (``check_setup`` lets it refuse an epsilon
+    above its own cap, or a round that could release a sum over fewer clients than the noise is
+    calibrated for).
     FIXED_POINT: ``l2_clip`` bounds the update, ``example_cap`` the example count (its weight).
     """
 
