@@ -42,7 +42,7 @@ from fl_core.integrations import flower as ours  # noqa: E402
 from fl_core.integrations.inprocess import InProcessGrid  # noqa: E402
 from secagg.config import GraphKind, RoundConfig  # noqa: E402
 from secagg.graph import choose_k_t  # noqa: E402
-from secagg.simulate import DropoutSchedule, ProtocolStage, Transcript, simulate  # noqa: E402
+from secagg.simulate import DropoutSchedule, Transcript, simulate  # noqa: E402
 
 EXAMPLES = 100  # every client's example count (its FedAvg weight)
 

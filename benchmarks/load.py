@@ -7,7 +7,7 @@
 Why a separate process: the server's peak RSS and its tracemalloc peak then count the server alone
 (its running sum, the message it is handling, its O(n*k) metadata), not the n simulated clients.
 Messages cross a pipe as bytes (the wire encoding), one at a time; pipe time is reported apart and
-is in neither the client nor the server seconds. Inputs are generated lazily per client and
+is in neither the client nor the server seconds; nor is generating the inputs. Inputs are generated lazily per client and
 dropped after masking, so the driver never holds n*d words. (k, t) come from
 ``secagg.graph.choose_k_t`` for the given dropout and corrupt fractions; dropouts are drawn at random
 stages (seeded). The sum is checked against the plain sum of the survivors' inputs, regenerated.
@@ -43,6 +43,14 @@ REPLY_STAGE = {KeysBroadcast: ProtocolStage.SHARES, ForwardedShares: ProtocolSta
 
 
 def _rss_bytes() -> int:
+    """This process's peak RSS. VmHWM belongs to the process's own address space; ru_maxrss would
+    also count the parent's RSS at fork time in a spawned child (Linux keeps it across exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
@@ -108,6 +116,7 @@ def run(*, clients: int, dim: int, bits: int = 32, dropout: float = 0.05, corrup
     proc.start()
     clients_ = {u: ClientParty(cfg, u) for u in cfg.client_ids}
     client_s: dict[str, float] = defaultdict(float)
+    input_s = 0.0
     server_s: dict[str, float] = defaultdict(float)
     pipe_s: dict[str, float] = defaultdict(float)
     memory: dict[str, dict] = {}
@@ -137,7 +146,8 @@ def run(*, clients: int, dim: int, bits: int = 32, dropout: float = 0.05, corrup
         memory[name] = conn.recv()
 
     mark("startup")  # the server process has imported everything; not counted in any stage
-    wall0 = time.perf_counter()
+    wall0 = last = time.perf_counter()
+    stage_wall = {}
     stage = ProtocolStage.KEYS
     pending: list[bytes] = []
     for u in cfg.client_ids:
@@ -147,8 +157,6 @@ def run(*, clients: int, dim: int, bits: int = 32, dropout: float = 0.05, corrup
         data = wire.encode(clients_[u].start())
         client_s[stage.name] += time.perf_counter() - t0
         pending += call("receive", stage, data)
-    stage_wall = {}
-    last = time.perf_counter()
     while not done:
         if not pending:
             pending = call("close", stage)
@@ -166,7 +174,9 @@ def run(*, clients: int, dim: int, bits: int = 32, dropout: float = 0.05, corrup
                 continue
             c = clients_[m.receiver]
             if stage is ProtocolStage.MASKED_INPUT:
+                t0 = time.perf_counter()
                 c.set_input(make_input(m.receiver))  # generated now, dropped once masked
+                input_s += time.perf_counter() - t0
             t0 = time.perf_counter()
             try:
                 data = wire.encode(c.receive(raw))
@@ -197,7 +207,7 @@ def run(*, clients: int, dim: int, bits: int = 32, dropout: float = 0.05, corrup
         "dropout": dropout, "corrupt": corrupt, "min_survivors": cfg.min_survivors, "seed": seed,
         "mode": "semi-honest", "exact": exact, "aborted": aborted,
         "survivors": None if final["survivors"] is None else len(final["survivors"]),
-        "wall_seconds": round(wall, 2),
+        "wall_seconds": round(wall, 2), "input_generation_seconds": round(input_s, 2),
         "stages": {s.name.lower(): {"client_seconds_total": round(client_s[s.name], 3),
                                     "client_seconds_per_client": round(client_s[s.name] / n, 5),
                                     "server_seconds": round(server_s[s.name], 3),
@@ -221,7 +231,8 @@ def run(*, clients: int, dim: int, bits: int = 32, dropout: float = 0.05, corrup
 def print_table(r: dict) -> None:
     mib = 2**20
     print(f"n={r['clients']} d={r['dim']} bits={r['bits']} k={r['k']} t={r['threshold']} survivors={r['survivors']} "
-          f"exact={r['exact']} aborted={r['aborted']} wall={r['wall_seconds']} s")
+          f"exact={r['exact']} aborted={r['aborted']} wall={r['wall_seconds']} s "
+          f"(of which generating inputs {r['input_generation_seconds']} s)")
     print(f"{'stage':<14}{'clients s':>11}{'per client':>12}{'server s':>10}{'pipe s':>9}{'srv peak MiB':>14}")
     for name, s in r["stages"].items():
         peak = s["server_traced_peak_bytes"] or 0

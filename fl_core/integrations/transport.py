@@ -32,6 +32,7 @@ from dp.distributed import DDGConfig, DDGPlan
 from dp.distributed import clip_l2 as ddg_clip_l2
 from dp.distributed import decode_sum as ddg_decode_sum
 from dp.distributed import encode_client as ddg_encode
+from dp.noise import NoiseGenerator
 from dp.rotation import padded_dim
 from secagg import wire
 from secagg.client import ClientParty
@@ -148,21 +149,23 @@ def known_words(seed: int, client_id: int, round_number: int, dim: int, bits: in
 
 
 def encode_input(spec: InputSpec, *, client_id: int, round_number: int, round_seed: bytes,
-                 update: np.ndarray | None = None, num_examples: int | None = None) -> np.ndarray:
-    """One client's words for this round (its noise and rounding from os.urandom)."""
+                 update: np.ndarray | None = None, num_examples: int | None = None,
+                 secret_seed: bytes | None = None) -> np.ndarray:
+    """One client's words for this round. Its noise and rounding come from ``secret_seed`` (32
+    bytes; tests only) or, by default, fresh from os.urandom."""
     if spec.kind is InputKind.WORDS:
         return known_words(spec.test_seed, client_id, round_number, spec.dim, spec.bits)
     x = np.asarray(update, dtype=np.float64)
     if x.shape != (spec.dim,):
         raise InputError(f"update has shape {x.shape}, the round expects ({spec.dim},)")
     if spec.kind is InputKind.DDG:
-        return ddg_encode(x, plan=ddg_plan(spec), rotation_seed=round_seed)
+        return ddg_encode(x, plan=ddg_plan(spec), rotation_seed=round_seed, gen=NoiseGenerator(secret_seed))
     if isinstance(num_examples, bool) or not isinstance(num_examples, int) or not 0 < num_examples <= spec.example_cap:
         raise InputError(f"num_examples={num_examples!r} must be an int in (0, example_cap={spec.example_cap}]")
     enc = FixedPointEncoding.for_sum(bits=spec.bits, clip=spec.l2_clip, max_clients=spec.num_clients)
     weighted = ddg_clip_l2(x, spec.l2_clip)  # einsum norm: a threaded BLAS dot is slow on a busy machine
     weighted *= num_examples / spec.example_cap
-    words = enc.encode(weighted, rng=np.random.default_rng(int.from_bytes(os.urandom(16), "big")))
+    words = enc.encode(weighted, rng=np.random.default_rng(int.from_bytes(secret_seed or os.urandom(32), "big")))
     return np.concatenate([words, np.array([num_examples], dtype=words.dtype)])
 
 

@@ -348,13 +348,21 @@ def test_party_survives_hostile_message_many(active, graph, to_server, stage, da
 
 
 @pytest.mark.parametrize("active", [False, True])
-def test_finished_parties_reject_everything_and_keep_their_result(active):
+def test_unstarted_and_finished_parties_reject_everything(active):
+    """Clients before ``start()`` and both parties after the round: every genuine message of the
+    round and random junk is a typed error, and nothing changes (the result included)."""
     cfg, inputs, keys = _round(active, GraphKind.COMPLETE)
     transcript = _clean_transcript(cfg, inputs, keys)
     from secagg.client import ClientParty
     from secagg.server import ServerParty
+    from secagg.state import Stage
     clients = {u: ClientParty(cfg, u, inputs[u], signing_key=keys[u] if keys else None) for u in cfg.client_ids}
     server = ServerParty(cfg)
+    for e in transcript:
+        if not e.to_server:
+            with pytest.raises(SecAggError):
+                clients[e.connection].receive(e.data)
+    assert all(c.stage is Stage.INIT for c in clients.values())
     pending = []
     for c in clients.values():
         pending += server.receive(c.start())
