@@ -264,7 +264,10 @@ def train_dp_sgd(
     if len({(float(zz), float(qq)) for zz, qq, _ in history}) != 1:  # pragma: no cover
         raise DPConfigError(f"Opacus recorded mixed steps {history!r}; expected one (z, q)")
     z_run, q_run = float(history[0][0]), float(history[0][1])
-    if not (math.isclose(z_run, z) and math.isclose(q_run, q)):  # pragma: no cover
+    # Opacus runs int(1 / (1 / L)) batches per epoch and accounts q = 1 / that count, which for
+    # some L (93, 99, ...) is 1 / (L - 1) > 1 / L, the rate it samples at: conservative, so the
+    # event records what Opacus accounted. A smaller accounted rate would under-report: refuse.
+    if not math.isclose(z_run, z) or (q_run < q and not math.isclose(q_run, q)):  # pragma: no cover
         raise DPConfigError(f"Opacus accounted (z={z_run}, q={q_run}), planned (z={z}, q={q})")
     n_steps = taken()
     event = ComposedEvent(PoissonSampledEvent(q_run, GaussianEvent(z_run)), n_steps)

@@ -358,7 +358,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
         if privacy.mode is DPMode.SAMPLE:
             dp = SampleDP(max_grad_norm=cfg.dp.l2_clip, noise_multiplier=privacy.noise_multiplier,
                           grad_sample_mode=cfg.dp.grad_sample_mode.value, accountant=cfg.dp.accountant.value,
-                          delta=cfg.dp.delta)
+                          delta=None)  # no per-visit Opacus epsilon: 1 s each; the run accounts
         gens = {u: _local_generator(cfg, r, u, dp=dp is not None) for u in sampled}
         if lc.backend is Backend.COHORT and sampled:  # all sampled clients at once, same semantics
             cohort = train_cohort(model, [data.client(u).train for u in sampled], epochs=lc.epochs, steps=lc.steps,
