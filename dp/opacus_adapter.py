@@ -32,7 +32,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .accounting import AccountantKind
+from .accounting import AccountantKind, _coerce_kind
 from .calibration import calibrate_noise_multiplier
 from .errors import DPConfigError
 from .events import (
@@ -92,16 +92,6 @@ def _check_mode(mode: GradSampleMode | str) -> GradSampleMode:
     except ValueError:
         choices = [m.value for m in GradSampleMode]
         raise DPConfigError(f"grad_sample_mode must be one of {choices}, got {mode!r}") from None
-
-
-def _check_accountant(kind: AccountantKind | str) -> AccountantKind:
-    if isinstance(kind, AccountantKind):
-        return kind
-    try:
-        return AccountantKind(kind)
-    except ValueError:
-        choices = [k.value for k in AccountantKind]
-        raise DPConfigError(f"accountant must be one of {choices}, got {kind!r}") from None
 
 
 def _check_model(model: nn.Module) -> None:
@@ -173,7 +163,7 @@ def train_dp_sgd(
     over the batch; ``optimizer_factory`` (default SGD with ``lr``) receives the copy's parameters.
     """
     mode = _check_mode(grad_sample_mode)
-    kind = _check_accountant(accountant)
+    kind = _coerce_kind(accountant)
     max_grad_norm = check_positive("max_grad_norm", max_grad_norm)
     if (epochs is None) == (steps is None):
         raise DPConfigError(f"give exactly one of epochs and steps, got epochs={epochs!r}, "

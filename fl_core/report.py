@@ -16,20 +16,9 @@ from dp.events import UnitOfPrivacy
 from .config import DPMode, RunConfig
 
 
-_EPS_CACHE: dict[tuple, dict] = {}
-
-
 def _epsilons(events_owner, delta: float, unit: UnitOfPrivacy) -> dict:
-    """ε at δ under both accountants for the composed history of one tracker. Clients with the
-    same history (the usual case: same participations) share one computation (PRV is slow)."""
+    """ε at δ under both accountants for the composed history of one tracker."""
     history = events_owner.accountant.history
-    key = (json.dumps([e.to_dict() for e in history], sort_keys=True), delta, unit.value)
-    if key not in _EPS_CACHE:
-        _EPS_CACHE[key] = _epsilons_uncached(history, delta, unit)
-    return dict(_EPS_CACHE[key])
-
-
-def _epsilons_uncached(history, delta: float, unit: UnitOfPrivacy) -> dict:
     out = {}
     for kind in (AccountantKind.RDP, AccountantKind.PRV):
         acc = Accountant(kind, unit=unit)
@@ -117,10 +106,10 @@ def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
             acc = Accountant(AccountantKind.RDP, unit=UnitOfPrivacy.EXAMPLE)
             for event in rdp.history:
                 acc.compose(event)
-            per[str(u)] = {"rdp": acc.get_epsilon(dp.delta) if rdp.history else 0.0}
+            per[u] = {"rdp": acc.get_epsilon(dp.delta) if rdp.history else 0.0}
         for u in sorted(per, key=lambda k: -per[k]["rdp"])[:3]:
-            per[u] = _epsilons(privacy.per_client.tracker(type(next(iter(privacy.per_client)))(u)),
-                               dp.delta, UnitOfPrivacy.EXAMPLE)
+            per[u] = _epsilons(privacy.per_client.tracker(u), dp.delta, UnitOfPrivacy.EXAMPLE)
+        per = {str(u): v for u, v in per.items()}
         worst = max((v.get("tightest", v["rdp"]) for v in per.values()), default=0.0)
         rec["mechanisms"].append({
             "name": ("DP-SGD (Abadi et al., CCS 2016) via Opacus, per client" if cfg.local.backend.value == "opacus"

@@ -270,15 +270,16 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
     start = 0
     stopped_by_budget = False
 
+    resolved = dump_config(cfg)
     if resume:
-        resolved = out / "config.resolved.toml"
-        if not resolved.exists():
+        resolved_path = out / "config.resolved.toml"
+        if not resolved_path.exists():
             raise CheckpointError(f"--resume: {out} holds no run (no config.resolved.toml)")
-        if resolved.read_text() != dump_config(cfg):
+        if resolved_path.read_text() != resolved:
             raise CheckpointError(f"--resume: the run in {out} was started with another config")
         if has_checkpoint(out / CHECKPOINT_DIR):  # else: killed before round 1's checkpoint
             state = load_checkpoint(out / CHECKPOINT_DIR)  # CheckpointError if cut short or altered
-            if state["config"] != dump_config(cfg):
+            if state["config"] != resolved:
                 raise CheckpointError(f"--resume: the checkpoint in {out} was written by another config")
             start = int(state["round"])
             params = np.asarray(state["params"], dtype=np.float32)
@@ -310,7 +311,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
             (out / name).unlink(missing_ok=True)
     vector_to_model(params, model, exclude=personal)
     tmp = out / "config.resolved.toml.tmp"
-    tmp.write_text(dump_config(cfg))
+    tmp.write_text(resolved)
     os.replace(tmp, out / "config.resolved.toml")  # atomic: a kill never leaves half a config
     recorder.start(params, start)
 
@@ -324,6 +325,15 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
         say = log
     lc = cfg.local
     noise_label = "csprng" if cfg.secure_randomness else "seeded"
+
+    def checkpoint() -> None:
+        """Everything a resume needs, written atomically; covers the rounds in ``metrics``."""
+        save_checkpoint(out / CHECKPOINT_DIR, {
+            "round": len(metrics), "params": params, "server_optimizer": opt.state_dict(),
+            "privacy": privacy.state_dict(), "metrics": metrics, "config": resolved,
+            "stopped_by_budget": stopped_by_budget,
+            "personal_params": {str(k): {n: v.numpy() for n, v in d.items()} for k, d in personal_params.items()},
+        })
     for r in range(start, cfg.rounds):
         if stopped_by_budget:
             break
@@ -443,23 +453,13 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
         say(f"round {r + 1:>3}/{cfg.rounds}  sampled {len(sampled):>3}  survivors {survivors:>3}  "
             f"train loss {m['loss']:.4f}  test acc {acc:.4f}  epsilon {eps_txt}"
             + (f"  ABORTED: {aborted}" if aborted else ""))
-        save_checkpoint(out / CHECKPOINT_DIR, {
-            "round": r + 1, "params": params, "server_optimizer": opt.state_dict(),
-            "privacy": privacy.state_dict(), "metrics": metrics, "config": dump_config(cfg),
-            "stopped_by_budget": stopped_by_budget,
-            "personal_params": {str(k): {n: v.numpy() for n, v in d.items()} for k, d in personal_params.items()},
-        })
+        checkpoint()
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     if stopped_by_budget:
-        save_checkpoint(out / CHECKPOINT_DIR, {
-            "round": len(metrics), "params": params, "server_optimizer": opt.state_dict(),
-            "privacy": privacy.state_dict(), "metrics": metrics, "config": dump_config(cfg),
-            "stopped_by_budget": True,
-            "personal_params": {str(k): {n: v.numpy() for n, v in d.items()} for k, d in personal_params.items()},
-        })
+        checkpoint()
     personalization = None
     if cfg.personalize.steps > 0:
         from .personalize import personalize
