@@ -194,7 +194,10 @@ def _log_hockey_stick(m1: float, s1: float, m0: float, s0: float, eps: float) ->
         disc = b * b - 4 * a * (c - eps)
         if disc <= 0:  # L - eps never changes sign: the divergence is 1 - e^eps <= 0 or 0
             return -math.inf
-        lo, hi = sorted(((-b - math.sqrt(disc)) / (2 * a), (-b + math.sqrt(disc)) / (2 * a)))
+        # Stable roots (no cancellation when a is tiny, i.e. nearly equal variances): q = -(b +
+        # sign(b) sqrt(disc)) / 2, roots q / a and (c - eps) / q.
+        q = -0.5 * (b + math.copysign(math.sqrt(disc), b))
+        lo, hi = sorted((q / a, (c - eps) / q))
         if a > 0:  # L > eps outside [lo, hi]
             lp = np.logaddexp(_log_tail(lo, m1, s1, upper=False), _log_tail(hi, m1, s1, upper=True))
             lq = np.logaddexp(_log_tail(lo, m0, s0, upper=False), _log_tail(hi, m0, s0, upper=True))
