@@ -18,7 +18,7 @@ import math
 import numbers
 from typing import Callable
 
-from dp.accounting import Accountant, AccountantKind, _coerce_kind
+from dp.accounting import Accountant, AccountantKind, coerce_kind
 from dp.errors import DPConfigError
 from dp.events import (
     DistributedDiscreteGaussianEvent,
@@ -130,7 +130,7 @@ def calibrate_noise_multiplier(
     delta = check_delta(delta)
     q = check_sampling_rate(sampling_rate)
     steps = check_count(steps, "steps")
-    kind = _coerce_kind(accountant)
+    kind = coerce_kind(accountant)
     rtol = _check_rtol(rtol)
 
     def eps_of(z: float) -> float:
@@ -139,9 +139,9 @@ def calibrate_noise_multiplier(
         return acc.get_epsilon(delta)
 
     start, factor = 1.0, 2.0
-    if kind is AccountantKind.PRV:
-        # The PRV accountant never reports more than RDP, so the (cheap) RDP answer meets the
-        # target: start there and step down in small factors.
+    if kind is not AccountantKind.RDP:
+        # PRV and PLD never report more than RDP, so the (cheap) RDP answer meets the target:
+        # start there and step down in small factors.
         start = calibrate_noise_multiplier(
             target_epsilon=target, delta=delta, sampling_rate=q, steps=steps, rtol=rtol
         )

@@ -32,7 +32,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .accounting import AccountantKind, _coerce_kind
+from .accounting import AccountantKind, coerce_kind
 from .calibration import calibrate_noise_multiplier
 from .errors import DPConfigError
 from .events import (
@@ -163,7 +163,7 @@ def train_dp_sgd(
     over the batch; ``optimizer_factory`` (default SGD with ``lr``) receives the copy's parameters.
     """
     mode = _check_mode(grad_sample_mode)
-    kind = _coerce_kind(accountant)
+    kind = coerce_kind(accountant)
     max_grad_norm = check_positive("max_grad_norm", max_grad_norm)
     if (epochs is None) == (steps is None):
         raise DPConfigError(f"give exactly one of epochs and steps, got epochs={epochs!r}, "
