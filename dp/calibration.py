@@ -38,6 +38,8 @@ __all__ = [
     "calibrate_ddg",
     "ddg_l2_sensitivity",
     "make_ddg_event",
+    "dp_sgd_sampling_rate",
+    "dp_sgd_steps",
 ]
 
 # e^{-1/2}: a common choice in DDG implementations; any beta in [0, 1) works (0: plain rounding).
@@ -161,6 +163,27 @@ def calibrate_noise_multiplier(
             f"{_Z_MIN:g} (delta={delta!r}, sampling_rate={q!r}, steps={steps!r}); "
             "calibration below that is not supported"
         ) from None
+
+
+def dp_sgd_sampling_rate(*, num_examples: int, batch_size: int) -> float:
+    """The sampling rate Opacus records for each DP-SGD step, i.e. the rate a charge uses.
+
+    With L = ceil(num_examples / batch_size) batches, Opacus samples at 1/L but runs and accounts
+    int(1 / (1/L)) steps per epoch at rate 1 / that count; for some L (93, 99, 105, 117, 123,
+    186, ...) float rounding makes it L - 1, so the charged rate is 1/(L-1) > 1/L. A budget
+    check must use this rate, not 1/L (``dp.opacus_adapter.train_dp_sgd`` records it).
+    """
+    n = check_count(num_examples, "num_examples")
+    b = check_count(batch_size, "batch_size")
+    batches = math.ceil(n / b)
+    return 1.0 / int(1.0 / (1.0 / batches))
+
+
+def dp_sgd_steps(*, num_examples: int, batch_size: int, epochs: int) -> int:
+    """Noisy steps ``train_dp_sgd`` takes for ``epochs`` epochs: epochs * ceil(n / B)."""
+    n = check_count(num_examples, "num_examples")
+    b = check_count(batch_size, "batch_size")
+    return check_count(epochs, "epochs") * math.ceil(n / b)
 
 
 def ddg_l2_sensitivity(

@@ -171,6 +171,7 @@ def prv_epsilon(history: Sequence[Triple], delta: float, *, reference_epsilon: f
             eps = float(acc.get_epsilon(delta=delta, eps_error=eps_error))
         except (ValueError, ArithmeticError, RuntimeError) as exc:
             raise DPError(f"PRV accountant failed for history {acc.history!r}: {exc}") from exc
-    if not math.isfinite(eps):
-        raise DPError(f"PRV accountant returned epsilon {eps!r} for history {acc.history!r}")
+    if not math.isfinite(eps):  # its domain (from an RDP bound) did not reach this epsilon
+        raise AccountantLimitError(f"PRV accountant returned epsilon {eps!r} for history "
+                                   f"{acc.history!r}: its grid does not reach that far")
     return max(eps, 0.0), eps_error
