@@ -387,7 +387,7 @@ def _atom_rdp(atom: _Atom, orders: tuple[float, ...],
         per = _unsampled_rdp(_doubled(base), orders)
         if q < 1.0:  # joint convexity of exp((a-1) D_a): see the module docstring
             a = np.asarray(orders, dtype=np.float64)
-            per = np.log1p(q * np.expm1((a - 1.0) * per)) / (a - 1.0)
+            per = np.logaddexp(math.log1p(-q), math.log(q) + (a - 1.0) * per) / (a - 1.0)
     elif isinstance(base, GaussianEvent):
         per = _rdp_poisson_gaussian_cached(q, base.noise_multiplier, orders)
     else:
