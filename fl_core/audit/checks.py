@@ -47,8 +47,8 @@ from secagg.graph import failure_bounds
 from secagg.messages import MaskedInput, ShareKind, UnmaskResponse
 from secagg.simulate import ProtocolStage
 
-from fl_core.run.canaries import (AUDIT_DIR, META, ClientCanaries, ExampleCanaries, gaussian_fit_estimate, one_run_audit,
-                       read_messages, read_trajectory)
+from dp.empirical import gaussian_fit_estimate, one_run_audit
+from fl_core.run.canaries import AUDIT_DIR, META, ClientCanaries, ExampleCanaries, read_messages, read_trajectory
 from fl_core.config import DPMode, RunConfig, load_config
 from fl_core.errors import FLError
 

@@ -205,7 +205,7 @@ class _Trainer:
         cfg = self.cfg
         record = {"round": r, "noise": "csprng" if cfg.secure_randomness else "seeded", "sampled": len(sampled),
                   **self.privacy.ledger_fields(sampled, events)}
-        rundir.append_jsonl(self.out / rundir.LEDGER, record, fsync=True)
+        rundir.append_jsonl(self.out / rundir.LEDGER, record, sync=True)
         for u, upd in self.recorder.canary_updates(r).items():  # audit canaries: clients like any other
             updates[u], examples[u] = upd, 1
         outcome, aborted = None, None

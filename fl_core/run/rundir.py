@@ -30,11 +30,11 @@ PERSONALIZATION = "personalization.json"
 AUDIT_DIR = "audit"                  # fl_core.run.canaries.AuditRecorder
 
 
-def append_jsonl(path: Path, record: dict, *, fsync: bool = False) -> None:
-    """Append one JSON line; with ``fsync`` it is on disk when this returns (the ledger)."""
+def append_jsonl(path: Path, record: dict, *, sync: bool = False) -> None:
+    """Append one JSON line; with ``sync`` it is on disk when this returns (the ledger)."""
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
-        if fsync:
+        if sync:
             f.flush()
             os.fsync(f.fileno())
 
