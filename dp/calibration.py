@@ -127,8 +127,10 @@ def calibrate_noise_multiplier(
     steps: int,
     accountant: AccountantKind | str = AccountantKind.RDP,
     rtol: float = 1e-4,
+    adjacency: Adjacency | str = Adjacency.ADD_REMOVE,
 ) -> float:
-    """Smallest noise multiplier z with epsilon(q, z, steps, delta) <= target_epsilon (to rtol)."""
+    """Smallest noise multiplier z with epsilon(q, z, steps, delta) <= target_epsilon (to rtol),
+    epsilon under ``adjacency`` (add-remove and zero-out agree; replace-one doubles C)."""
     target = check_positive("target_epsilon", target_epsilon)
     delta = check_delta(delta)
     q = check_sampling_rate(sampling_rate)
@@ -137,7 +139,7 @@ def calibrate_noise_multiplier(
     rtol = _check_rtol(rtol)
 
     def eps_of(z: float) -> float:
-        acc = Accountant(kind)
+        acc = Accountant(kind, adjacency=adjacency)
         acc.compose(PoissonSampledEvent(q, GaussianEvent(z)), count=steps)
         return acc.get_epsilon(delta)
 
@@ -146,7 +148,8 @@ def calibrate_noise_multiplier(
         # PRV and PLD never report more than RDP, so the (cheap) RDP answer meets the target:
         # start there and step down in small factors.
         start = calibrate_noise_multiplier(
-            target_epsilon=target, delta=delta, sampling_rate=q, steps=steps, rtol=rtol
+            target_epsilon=target, delta=delta, sampling_rate=q, steps=steps, rtol=rtol,
+            adjacency=adjacency,
         )
         factor = 1.0 / 0.9
     try:

@@ -23,6 +23,7 @@ cache-sized batches; 1,000,000 samples take ~0.05 s on one core.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from typing import SupportsIndex
@@ -33,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from .errors import DPConfigError
 
 __all__ = ["SEED_BYTES", "SECURE_GAUSSIAN_NAME", "NoiseGenerator", "discrete_gaussian", "skellam",
-           "gaussian", "secure_gaussian"]
+           "gaussian", "secure_gaussian", "dp_sgd_noise_key"]
 
 #: What privacy.json's ``local_training.dp_sgd_noise_generator`` says DP-SGD noise comes from.
 SECURE_GAUSSIAN_NAME = ("dp.noise AES-256-CTR keystream; Box-Muller in float64; sum of 4 draws "
@@ -186,6 +187,12 @@ def skellam(shape: Shape, mu: float, *, gen: NoiseGenerator) -> np.ndarray:
         return np.zeros(dims, dtype=np.int64)
     p = gen.numpy.poisson(mu, size=(2, n))
     return (p[0] - p[1]).astype(np.int64, copy=False).reshape(dims)
+
+
+def dp_sgd_noise_key(seed: int) -> bytes:
+    """The keystream key of a seeded (test) DP-SGD run: one derivation for every backend, so a
+    seeded run adds the same noise through Opacus and through the vectorized cohort."""
+    return hashlib.sha256(b"dp.opacus_adapter.noise" + str(int(seed)).encode()).digest()
 
 
 def gaussian(n: int, *, gen: NoiseGenerator) -> np.ndarray:

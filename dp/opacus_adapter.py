@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import enum
-import hashlib
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -42,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from .accounting import AccountantKind, coerce_kind
 from .calibration import calibrate_noise_multiplier
 from .errors import DPConfigError
-from .noise import SECURE_GAUSSIAN_NAME, NoiseGenerator, secure_gaussian
+from .noise import SECURE_GAUSSIAN_NAME, NoiseGenerator, dp_sgd_noise_key, secure_gaussian
 from .events import (
     ComposedEvent,
     GaussianEvent,
@@ -220,6 +219,7 @@ def train_dp_sgd(
     device: torch.device | str | None = None,
     seed: int | None = None,
     noise: NoiseSource | str = NoiseSource.CSPRNG,
+    noise_key: bytes | None = None,
 ) -> DPSGDResult:
     """Train a copy of ``model`` with DP-SGD and return its update and privacy event.
 
@@ -229,6 +229,8 @@ def train_dp_sgd(
     sampling rate is Opacus' 1 / int(1 / (1 / len(loader))) (``dp.calibration
     .dp_sgd_sampling_rate``), and the noise is calibrated for that rate. ``loss_fn`` (default cross-entropy) must average
     over the batch; ``optimizer_factory`` (default SGD with ``lr``) receives the copy's parameters.
+    ``noise_key``: the 32-byte key of the noise keystream; default derived from ``seed`` when
+    given (``dp.noise.dp_sgd_noise_key``), else 32 bytes of os.urandom.
     """
     mode = _check_mode(grad_sample_mode)
     source = _check_noise(noise)
@@ -289,8 +291,10 @@ def train_dp_sgd(
     else:
         (gsm, dp_opt, dp_loader), criterion = wrapped, loss_fn
     if source is NoiseSource.CSPRNG:
+        key = noise_key if noise_key is not None else (
+            None if seed is None else dp_sgd_noise_key(seed))
         dp_opt, criterion = _with_keystream_noise(engine, gsm, dp_opt, criterion, dp_loader,
-                                                  loss_fn, mode, seed)
+                                                  loss_fn, mode, key)
 
     def taken() -> int:  # noisy steps Opacus' accountant has recorded so far
         return sum(int(n) for _, _, n in engine.accountant.history)
@@ -353,14 +357,12 @@ def train_dp_sgd(
     )
 
 
-def _with_keystream_noise(engine, gsm, dp_opt, criterion, dp_loader, loss_fn, mode, seed):
+def _with_keystream_noise(engine, gsm, dp_opt, criterion, dp_loader, loss_fn, mode, key):
     """Opacus' optimizer (and ghost criterion) rebuilt as the keystream-noise subclass.
 
     Same arguments as Opacus gave its own, and the accountant's step hook attached as
     ``make_private`` does; the optimizer it built is dropped before any step.
     """
-    key = (None if seed is None
-           else hashlib.sha256(b"dp.opacus_adapter.noise" + str(seed).encode()).digest())
     cls = (CSPRNGDPOptimizerFastGradientClipping if mode is GradSampleMode.GHOST
            else CSPRNGDPOptimizer)
     if type(dp_opt) not in (DPOptimizer, DPOptimizerFastGradientClipping):  # pragma: no cover

@@ -43,6 +43,7 @@ import numpy as np
 from torch import nn
 
 from dp.accounting import AccountantKind
+from dp.events import Adjacency
 
 from fl_core.learn.client import OptimizerName
 from fl_core.learn.cohort import Backend
@@ -53,7 +54,7 @@ from fl_core.learn.params import matches_prefix
 from fl_core.learn.strategy import ServerOptName, make_server_optimizer
 
 __all__ = [
-    "DPMode", "GradSampleMode", "AccountantKind", "GraphKind", "InitMode", "Backend",
+    "DPMode", "GradSampleMode", "AccountantKind", "Adjacency", "GraphKind", "InitMode", "Backend",
     "DataConfig", "ModelConfig", "LocalConfig", "ServerConfig", "DPConfig", "DropoutConfig",
     "SecAggConfig", "InitConfig", "PersonalizeConfig", "AuditConfig", "RunConfig",
     "load_config", "config_from_dict", "dump_config", "config_problems",
@@ -157,7 +158,10 @@ class DPConfig:
     it; or give ``noise_multiplier`` directly. ``epsilon_budget``: stop before a round would
     exceed it (default: the target). ``l2_clip`` is the update clip (client mode) or per-example
     gradient clip (sample mode). ``bits``: field bits for the distributed noise (default:
-    ``secagg.bits``). Other fields are ignored when ``mode = "none"``.
+    ``secagg.bits``). ``adjacency``: the neighbouring relation the budget is for ("zero-out",
+    "replace-one", "add-remove"; default: zero-out for client mode, add-remove for sample mode);
+    client mode refuses add-remove (its accounting would have to cover the departing noise
+    share). Other fields are ignored when ``mode = "none"``.
     """
 
     ONE_OF: ClassVar[tuple[tuple[str, str], ...]] = (("target_epsilon", "noise_multiplier"),)
@@ -170,6 +174,7 @@ class DPConfig:
     bits: int | None = None
     accountant: AccountantKind = AccountantKind.RDP
     grad_sample_mode: GradSampleMode = GradSampleMode.HOOKS
+    adjacency: Adjacency | None = None
 
 
 @dataclass(frozen=True)
@@ -351,6 +356,12 @@ def _section_problems(cfg: RunConfig) -> _Problems:
         p.int_at_least("dp.bits", dp.bits, 1)
     p.enum("dp.accountant", dp.accountant, AccountantKind)
     p.enum("dp.grad_sample_mode", dp.grad_sample_mode, GradSampleMode)
+    if dp.adjacency is not None:
+        p.enum("dp.adjacency", dp.adjacency, Adjacency)
+    if dp.mode is DPMode.CLIENT and dp.adjacency is Adjacency.ADD_REMOVE:
+        p.add("dp.adjacency", dp.adjacency, "add-remove is not offered for client-level DP: a departing client "
+              "takes its noise share and, with a fixed cohort, another takes its place, and no accounting here "
+              "covers either; use zero-out or replace-one")
     # secagg
     if not isinstance(sa.enabled, bool):
         p.add("secagg.enabled", sa.enabled, "must be true or false")

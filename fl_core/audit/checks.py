@@ -40,7 +40,8 @@ import torch
 from scipy import stats
 
 from dp.accounting import Accountant, AccountantKind
-from dp.events import UnitOfPrivacy, event_from_dict
+from dp.crosscheck import TOLERANCE, recheck
+from dp.events import Adjacency, UnitOfPrivacy, event_from_dict
 from secagg import wire
 from secagg.errors import DecodeError, SecAggError
 from secagg.graph import failure_bounds
@@ -160,11 +161,47 @@ def _charged(run: _Run) -> list[dict]:
     return out + [last[r] for r in sorted(last)]
 
 
-def _compose(events, kind: AccountantKind, unit: UnitOfPrivacy, delta: float) -> float:
-    acc = Accountant(kind, unit=unit)
+def _adjacency(run: _Run) -> Adjacency | None:
+    mechs = run.privacy.get("mechanisms") or [{}]
+    value = mechs[0].get("adjacency")
+    return None if value is None else Adjacency(value)
+
+
+def _compose(events, kind: AccountantKind, unit: UnitOfPrivacy, delta: float,
+             adjacency: Adjacency | None = None) -> float:
+    acc = Accountant(kind, unit=unit, adjacency=adjacency)
     for ev in events:
         acc.compose(event_from_dict(ev))
     return acc.get_epsilon(delta) if len(acc) else 0.0
+
+
+def _crosscheck(run: _Run, again: dict | None) -> dict | None:
+    """The claimed epsilon recomputed by an implementation other than the one that produced it
+    (``dp.crosscheck``): the ledger's history of the claim (the worst client at sample level)."""
+    claimed = run.privacy.get("epsilon")
+    if again is None or claimed is None:
+        return None
+    mode, delta, adj = run.cfg.dp.mode, run.cfg.dp.delta, _adjacency(run)
+    if mode is DPMode.CLIENT:
+        unit, raw = UnitOfPrivacy.CLIENT, [rec["event"] for rec in _charged(run) if "event" in rec]
+    else:
+        unit = UnitOfPrivacy.EXAMPLE
+        raw = [ev for rec in _charged(run) for u, ev in rec.get("client_events", {}).items()
+               if u == again.get("worst_client")]
+    events = [event_from_dict(ev) for ev in raw]
+    best = None
+    for kind in (AccountantKind.RDP, AccountantKind.PRV, AccountantKind.PLD):
+        acc = Accountant(kind, unit=unit, adjacency=adj)
+        for ev in events:
+            acc.compose(ev)
+        res = acc.get_privacy_spent(delta)
+        if best is None or res.epsilon < best.epsilon:
+            best = res
+    check = recheck(events, delta, claimed=claimed, produced_by=best.accountant, unit=unit, adjacency=adj,
+                    exact="exact" in (best.note or ""))
+    out = check.as_dict()
+    out["produced_by"] = best.accountant.value
+    return out
 
 
 def _reaccount(run: _Run) -> dict | None:
@@ -177,8 +214,9 @@ def _reaccount(run: _Run) -> dict | None:
     charged = _charged(run)
     if mode is DPMode.CLIENT and charged:
         events = [rec["event"] for rec in charged if "event" in rec]
-        out = {k.value: _compose(events, k, UnitOfPrivacy.CLIENT, delta) for k in AccountantKind}
-        out.update(tightest=min(out["rdp"], out["prv"]), releases=len(events))
+        adj = _adjacency(run)
+        out = {k.value: _compose(events, k, UnitOfPrivacy.CLIENT, delta, adj) for k in AccountantKind}
+        out.update(tightest=min(out.values()), releases=len(events))
         return out
     if mode is DPMode.SAMPLE and charged:
         per: dict[str, list] = defaultdict(list)
@@ -187,11 +225,13 @@ def _reaccount(run: _Run) -> dict | None:
                 per[u].append(ev)
         if not per:
             return None
-        rdp = {u: _compose(evs, AccountantKind.RDP, UnitOfPrivacy.EXAMPLE, delta) for u, evs in per.items()}
+        adj = _adjacency(run)
+        rdp = {u: _compose(evs, AccountantKind.RDP, UnitOfPrivacy.EXAMPLE, delta, adj) for u, evs in per.items()}
         claimed = run.privacy["mechanisms"][0].get("epsilon_per_client", {})
         picks = {max(rdp, key=rdp.get)} | ({max(claimed, key=lambda u: claimed[u]["tightest"])} & set(per)
                                            if claimed else set())
-        tight = {u: min(rdp[u], _compose(per[u], AccountantKind.PRV, UnitOfPrivacy.EXAMPLE, delta)) for u in picks}
+        tight = {u: min(rdp[u], *(_compose(per[u], k, UnitOfPrivacy.EXAMPLE, delta, adj)
+                                   for k in (AccountantKind.PRV, AccountantKind.PLD))) for u in picks}
         worst = max(tight, key=tight.get)
         return {"rdp": max(rdp.values()), "prv": None, "tightest": tight[worst], "worst_client": worst,
                 "releases": len(charged), "clients": len(per)}
@@ -507,6 +547,12 @@ def audit_run(run_dir, *, use_witness: bool = True, log=print) -> dict:
     if again is not None and claimed is not None and again["tightest"] > claimed * (1 + 1e-6) + 1e-9:
         reasons.append(f"privacy.json claims epsilon {claimed:.4g}, but the ledger's {again['releases']} releases "
                        f"compose to {again['tightest']:.4g}")
+    cross = _crosscheck(run, again)
+    report["epsilon_crosscheck"] = cross
+    if cross is not None and cross["ok"] is False:
+        reasons.append(f"the claimed epsilon {claimed:.4g} ({cross['produced_by']}) and its recomputation by "
+                       f"{cross['implementation']} ({cross['recomputed']:.4g}) differ by "
+                       f"{cross['relative_difference']:.2%}, more than {TOLERANCE:.0%}")
     report["dropouts"] = _dropouts(run)
     if report["dropouts"]["below_calibration"]:
         reasons.append(f"rounds {report['dropouts']['below_calibration']} released a sum over fewer clients than the "
@@ -577,32 +623,43 @@ def _guarantee_lines(rep: dict) -> list[str]:
         eps = mech.get("epsilon") if isinstance(mech.get("epsilon"), dict) else None
         worst = mech.get("epsilon_worst_client")
         out.append(f"### {mech['name']}\n")
+        adjacency = mech.get("adjacency", "zero-out" if unit == "client" else "add-remove")
+        relation = mech.get("neighbouring_relation", "")
         if unit == "client":
             out.append(f"**Guarantee.** ({_f(eps['tightest'])}, {_f(mech['delta'])})-differential privacy for each "
-                       "client: any two runs whose inputs differ by adding or removing *all* the data of one client "
-                       f"produce every released aggregate (all {mech['parameters']['releases_charged']} releases, "
-                       "hence the model) with probabilities within a factor e^epsilon, up to delta. The adversary "
-                       "may be the server and every other client; the clients' noise shares and secure aggregation "
-                       "are trusted to run as specified.\n")
+                       f"client under **{adjacency}** adjacency ({relation}): two such runs produce every released "
+                       f"aggregate (all {mech['parameters']['releases_charged']} releases, hence the model) with "
+                       "probabilities within a factor e^epsilon, up to delta. Under replace-one (sensitivity "
+                       f"doubled) epsilon is {_f(mech.get('epsilon_replace_one'))}. {mech.get('trust', '')}\n")
             out.append("| accountant | epsilon |\n|---|---|")
             out.append(f"| RDP (KLS 2021 Prop. 14; Balle et al. 2020 conversion) | {_f(eps.get('rdp'))} |")
-            out.append(f"| PRV | {_f(eps.get('prv'))}{' (' + eps['prv_note'] + ')' if eps.get('prv_note') else ''} |")
+            for k in ("prv", "pld"):
+                note = f" ({eps[k + '_note']})" if eps.get(k + "_note") else ""
+                out.append(f"| {k.upper()} | {_f(eps.get(k))}{note} |")
             out.append(f"| tightest (the claim) | {_f(eps['tightest'])} |\n")
+            wrap = mech.get("wrap_probability")
+            if wrap:
+                out.append(f"Wrap probability of the sum (utility, not privacy; {wrap['model']}): "
+                           f"{_f(wrap['per_coordinate'])} per coordinate, {_f(wrap['per_round'])} per round, "
+                           f"{_f(wrap['over_rounds_run'])} over the rounds run.\n")
         else:
             out.append(f"**Guarantee.** ({_f(worst)}, {_f(mech['delta'])})-differential privacy for each training "
-                       "example: adding or removing one example of any one client changes the distribution of "
-                       "everything that client sends (hence of the model) by at most e^epsilon, up to delta. "
-                       "Epsilon is composed per client over the steps it trained; the claim is the worst client's. "
-                       "Each client's DP-SGD noise is its own: it holds even against the server.\n")
+                       f"example under **{adjacency}** adjacency ({relation}): the distribution of everything that "
+                       "client sends (hence of the model) changes by at most e^epsilon, up to delta. "
+                       "Epsilon is composed per client over the steps it trained; the claim is the worst client's; "
+                       f"under replace-one it is {_f(mech.get('epsilon_replace_one'))}. "
+                       f"{mech.get('trust', '')}\n")
             per = mech.get("epsilon_per_client", {})
             if per:
                 vals = [v["tightest"] for v in per.values()]
                 worst_id = max(per, key=lambda u: per[u]["tightest"])
                 w = per[worst_id]
-                out.append(f"Per-client epsilon (tightest of RDP and PRV): min {_f(min(vals))}, median "
+                out.append(f"Per-client epsilon (tightest of RDP, PRV and PLD): min {_f(min(vals))}, median "
                            f"{_f(float(np.median(vals)))}, max {_f(max(vals))} over {len(vals)} clients; the worst "
-                           f"(client {worst_id}): RDP {_f(w.get('rdp'))}, PRV {_f(w.get('prv'))}. Each step samples "
-                           "a client's examples at rate 1 / ceil(n / batch_size) (Opacus' rule).\n")
+                           f"(client {worst_id}): RDP {_f(w.get('rdp'))}, PRV {_f(w.get('prv'))}, PLD "
+                           f"{_f(w.get('pld'))}. Each step samples a client's examples at rate 1 / ceil(n / "
+                           "batch_size) and is charged at Opacus' accounted rate 1 / int(1 / (1 / ceil(n / "
+                           "batch_size))), which is larger for some n.\n")
         out.append("| parameter | value |\n|---|---|")
         for k, v in mech["parameters"].items():
             out.append(f"| {k} | {_f(v)} |")
@@ -637,6 +694,12 @@ def render_markdown(rep: dict) -> str:
     L.append("Run parameters:\n\n| parameter | value |\n|---|---|")
     L += [f"| {k} | {_f(v)} |" for k, v in rep["run_parameters"].items()]
     L.append("")
+    cross = rep.get("epsilon_crosscheck")
+    if cross:
+        verdict = {True: "agree", False: "**DISAGREE**", None: "not checked"}[cross["ok"]]
+        L.append(f"Cross-check: the claim ({cross['produced_by']}) recomputed by {cross['implementation']}: "
+                 f"{_f(cross['recomputed'])} ({verdict}; relative difference {_f(cross['relative_difference'])}, "
+                 f"tolerance 1%){'; ' + cross['note'] if cross.get('note') else ''}.\n")
     if rep.get("ledger_epsilon"):
         le = rep["ledger_epsilon"]
         if le.get("worst_client") is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -39,7 +40,9 @@ class SampleDP:
     each example's gradient to ``max_grad_norm`` and adds Gaussian noise of std
     ``noise_multiplier * max_grad_norm``. ``accountant`` and ``delta`` only feed Opacus' own epsilon
     kept for audits; the run's accountant composes ``LocalResult.event``. Values are the names of
-    ``dp.opacus_adapter.GradSampleMode`` and ``dp.accounting.AccountantKind``.
+    ``dp.opacus_adapter.GradSampleMode`` and ``dp.accounting.AccountantKind``. The noise comes
+    from ``dp.noise``'s keystream: keyed with 32 bytes of os.urandom when ``secure_noise``, else
+    derived from the seed the training generator gives (reproducible tests).
     """
 
     max_grad_norm: float
@@ -48,6 +51,7 @@ class SampleDP:
     accountant: str | enum.Enum = "rdp"
     delta: float | None = None
     max_physical_batch_size: int | None = None
+    secure_noise: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,7 +208,8 @@ def _local_train_dp(model, train_data, tensors, n, start_vec, *, exclude, dp: Sa
                        accountant=getattr(dp.accountant, "value", dp.accountant),  # str or any enum of names
                        grad_sample_mode=getattr(dp.grad_sample_mode, "value", dp.grad_sample_mode),
                        max_physical_batch_size=dp.max_physical_batch_size, loss_fn=criterion,
-                       optimizer_factory=make_optimizer, seed=seed)
+                       optimizer_factory=make_optimizer, seed=seed,
+                       noise_key=os.urandom(32) if dp.secure_noise else None)
     # The adapter trains a copy; bring its weights back so DP and non-DP calls behave alike.
     model.load_state_dict(res.model.state_dict())
     update = model_to_vector(model, exclude=exclude) - start_vec

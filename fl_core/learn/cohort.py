@@ -18,15 +18,18 @@ Privacy semantics are those of per-client Opacus DP-SGD (``dp.opacus_adapter``),
   batch size int(n q) (Opacus' ``loss_reduction = "mean"`` convention); empty batches still take a
   noisy step, as in Opacus;
 - SGD, SGD with momentum and Adam then step per client, exactly as ``torch.optim`` does;
-- the privacy event of a client is ``ComposedEvent(PoissonSampledEvent(q, GaussianEvent(z)), steps)``,
-  the one the Opacus path records.
+- the noise comes from ``dp.noise``'s AES-CTR keystream (``secure_gaussian``: the sum-of-four
+  construction against floating-point attacks), as in the Opacus path;
+- the privacy event of a client is ``ComposedEvent(PoissonSampledEvent(q', GaussianEvent(z)), steps)``
+  with q' Opacus' accounted rate (``ClientPlan.accounted_rate``), the one the Opacus path records.
 
 Given the same per-client ``torch.Generator`` as the reference path, the cohort draws the same
 random numbers in the same order (a 62-bit seed from the client's generator; Poisson masks from a
 generator seeded with it, including the one draw a torch ``DataLoader`` makes per epoch; noise
-from a generator seeded with it + 1, per parameter in ``named_parameters`` order), so a seeded run
-reproduces the reference run up to floating point. Without generators every client gets a fresh
-``torch.Generator`` seeded with 63 bits from ``os.urandom``.
+from the keystream keyed by ``dp.noise.dp_sgd_noise_key(seed)``, per parameter in
+``named_parameters`` order), so a seeded run reproduces the reference run up to floating point.
+Without generators every client gets a fresh ``torch.Generator`` seeded with 63 bits from
+``os.urandom`` for sampling, and a noise keystream keyed with 32 bytes from ``os.urandom``.
 
 Clients that have fewer examples or fewer steps are masked, not padded with fake work: a client
 whose steps are done leaves the computation, and nothing any client does depends on another's data
@@ -58,7 +61,9 @@ from torch.func import vmap
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from dp.calibration import dp_sgd_sampling_rate
 from dp.events import ComposedEvent, GaussianEvent, PoissonSampledEvent
+from dp.noise import NoiseGenerator, dp_sgd_noise_key, secure_gaussian
 
 from fl_core.errors import bad_field
 from fl_core.learn.client import LocalResult, OptimizerName, SampleDP, check_local_options
@@ -103,6 +108,10 @@ class ClientPlan:
     batches_per_epoch: int
     sampling_rate: float | None = None
     expected_batch: int | None = None
+    #: the rate the privacy event records: Opacus' 1 / int(1 / q), which for some batch counts
+    #: (93, 99, ...) is 1 / (batches - 1) > q; both backends charge it, and the run's budget
+    #: check plans with it (dp.calibration.dp_sgd_sampling_rate)
+    accounted_rate: float | None = None
 
 
 def plan_client(n: int, *, batch_size: int, epochs: int | None, steps: int | None, dp: bool) -> ClientPlan:
@@ -113,7 +122,8 @@ def plan_client(n: int, *, batch_size: int, epochs: int | None, steps: int | Non
         return ClientPlan(examples=n, steps=total, batches_per_epoch=nb)
     q = 1.0 / nb
     return ClientPlan(examples=n, steps=total, batches_per_epoch=nb, sampling_rate=q,
-                      expected_batch=int(n * q) or 1)
+                      expected_batch=int(n * q) or 1,
+                      accounted_rate=dp_sgd_sampling_rate(num_examples=n, batch_size=batch_size))
 
 
 # --------------------------------------------------------------------------- results
@@ -233,7 +243,7 @@ def train_cohort(model: nn.Module, datasets: Sequence[Dataset | tuple], *, epoch
                                       dp=dp is not None, budget=memory_budget, device=device)
     cfg = dict(twin=twin, named=named, shared=shared, personal=personal, opt_name=opt_name, lr=lr,
                momentum=momentum, batch_size=batch_size, prox_mu=prox_mu, loss_fn=loss_fn or F.cross_entropy,
-               dp=dp, device=device)
+               dp=dp, device=device, fresh=generators is None or bool(getattr(dp, "secure_noise", False)))
     out: list = [None] * k_all
     i, largest, chunks = 0, 0, 0
     while i < k_all:
@@ -307,7 +317,7 @@ def _auto_chunk_size(twin: Twin, named, plans, x1: torch.Tensor, *, batch_size: 
 
 
 def _train_chunk(data, plans, gens, start, *, twin, named, shared, personal, opt_name, lr, momentum, batch_size,
-                 prox_mu, loss_fn, dp, device):
+                 prox_mu, loss_fn, dp, device, fresh=False):
     """Train the clients of one chunk for all their steps; one result triple per client."""
     k = len(data)
     params = {n: p.detach().to(device).unsqueeze(0).repeat(k, *([1] * p.dim())) for n, p in named}
@@ -322,7 +332,7 @@ def _train_chunk(data, plans, gens, start, *, twin, named, shared, personal, opt
     steps = torch.tensor([p.steps for p in plans])
     loss_sum = torch.zeros(k, dtype=torch.float64)
     drawn = torch.zeros(k, dtype=torch.long)
-    batches = _Batches(plans, gens, batch_size=batch_size, dp=dp is not None, device=device)
+    batches = _Batches(plans, gens, batch_size=batch_size, dp=dp is not None, device=device, fresh=fresh)
     if dp is not None:
         client = vmap(dp_client_fn(twin, loss_fn, float(dp.max_grad_norm)))
         std = float(dp.noise_multiplier) * float(dp.max_grad_norm)
@@ -347,9 +357,10 @@ def _train_chunk(data, plans, gens, start, *, twin, named, shared, personal, opt
         if dp is not None:
             summed, losses = client(p_act, xs[gidx], ys[gidx], valid_f)
             noise = {n: torch.empty_like(v) for n, v in summed.items()}
-            for r, j in enumerate(active):  # Opacus' order: parameter by parameter, one generator each
+            for r, j in enumerate(active):  # Opacus' order: parameter by parameter, one keystream each
                 for n, v in noise.items():
-                    torch.normal(0.0, std, size=v.shape[1:], generator=batches.noise_gens[j], out=v[r])
+                    draw = secure_gaussian(v[r].numel(), std, gen=batches.noise_gens[j])
+                    v[r] = torch.from_numpy(draw).view(v.shape[1:]).to(v.device, v.dtype)
             e = expected[rows.to(device)] if sub is not None else expected
             grads = {n: (summed[n] + noise[n]) / e.reshape(-1, *([1] * (summed[n].dim() - 1))) for n in summed}
         else:
@@ -370,17 +381,19 @@ class _Batches:
 
     With DP-SGD, as ``dp.opacus_adapter``: a 62-bit seed from the client's generator; Poisson
     masks from a generator seeded with it (plus the one draw a new DataLoader iterator makes per
-    epoch), noise from one seeded with it + 1 on the training device. Without: ``local_train``'s
+    epoch), noise from the keystream ``dp_sgd_noise_key(seed)`` keys. Without: ``local_train``'s
     ``torch.randperm`` on the client's generator at the start of each epoch.
     """
 
-    def __init__(self, plans, gens, *, batch_size: int, dp: bool, device: torch.device):
+    def __init__(self, plans, gens, *, batch_size: int, dp: bool, device: torch.device, fresh: bool = False):
         self.plans, self.gens, self.batch_size, self.dp = plans, gens, batch_size, dp
         self.perms: list[torch.Tensor | None] = [None] * len(plans)
         if dp:
             seeds = [int(torch.randint(0, 2**62, (1,), generator=g)) for g in gens]
             self.sample_gens = [torch.Generator().manual_seed(s) for s in seeds]
-            self.noise_gens = [torch.Generator(device=device).manual_seed(s + 1) for s in seeds]
+            # DP-SGD noise from dp.noise's keystream (the sum-of-four construction), keyed as
+            # dp.opacus_adapter keys it; a fresh run (no generators) takes 32 bytes of os.urandom.
+            self.noise_gens = [NoiseGenerator(None if fresh else dp_sgd_noise_key(s)) for s in seeds]
 
     def draw(self, t: int, active: Sequence[int]) -> list[torch.Tensor]:
         idx = []
@@ -409,7 +422,7 @@ def _chunk_results(params, begin, plans, loss_sum, drawn, *, shared, personal, d
     for i, pl in enumerate(plans):
         if dp is not None:
             loss = float(loss_sum[i] / drawn[i]) if drawn[i] else math.nan
-            event = ComposedEvent(PoissonSampledEvent(pl.sampling_rate, GaussianEvent(float(dp.noise_multiplier))),
+            event = ComposedEvent(PoissonSampledEvent(pl.accounted_rate, GaussianEvent(float(dp.noise_multiplier))),
                                   pl.steps)
         else:
             loss, event = float(loss_sum[i] / pl.steps), None

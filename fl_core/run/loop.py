@@ -33,7 +33,7 @@ import torch
 from secagg.config import GraphKind as SecAggGraph
 from secagg.simulate import ProtocolStage
 
-from fl_core.config import RunConfig, dump_config
+from fl_core.config import DPMode, RunConfig, dump_config
 from fl_core.errors import CheckpointError
 from fl_core.learn.client import SampleDP, evaluate, local_train
 from fl_core.learn.cohort import Backend, train_cohort
@@ -169,7 +169,8 @@ class _Trainer:
         if self.privacy.noise_multiplier is not None:
             dp = SampleDP(max_grad_norm=cfg.dp.l2_clip, noise_multiplier=self.privacy.noise_multiplier,
                           grad_sample_mode=cfg.dp.grad_sample_mode.value, accountant=cfg.dp.accountant.value,
-                          delta=None)  # no per-visit Opacus epsilon: 1 s each; the run accounts
+                          delta=None,  # no per-visit Opacus epsilon: 1 s each; the run accounts
+                          secure_noise=cfg.secure_randomness)  # noise keystream keyed from os.urandom
         gens = {u: _local_generator(cfg, r, u, dp=dp is not None) for u in sampled}
         results = {}
         if lc.backend is Backend.COHORT and sampled:  # all sampled clients at once, same semantics
@@ -215,7 +216,8 @@ class _Trainer:
             outcome = secure_mean(updates, examples, spec=self.spec, ddg=self.privacy.ddg,
                                   round_seed=derive_seed(cfg.seed, "public-round-seed", r), rng=rng,
                                   secure_randomness=cfg.secure_randomness, transcript=self.recorder.transcript(r),
-                                  on_inputs=lambda words: self.observer.on_inputs(r, words))
+                                  on_inputs=lambda words: self.observer.on_inputs(r, words),
+                                  weighted=cfg.dp.mode is DPMode.NONE)  # under DP no count leaves a client
         except RoundAborted as e:
             aborted = str(e)
         self.privacy.charge(sampled, events)  # charged whether or not the round aborted

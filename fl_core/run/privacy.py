@@ -22,10 +22,11 @@ import numpy as np
 
 from dp.accounting import Accountant, AccountantKind
 from dp.budget import BudgetTracker, PerClientBudgets, PrivacyBudget
-from dp.calibration import calibrate_noise_multiplier
+from dp.calibration import calibrate_noise_multiplier, dp_sgd_sampling_rate
 from dp.distributed import DDGConfig, DDGPlan
 from dp.errors import BudgetExceededError
-from dp.events import ComposedEvent, GaussianEvent, PoissonSampledEvent, UnitOfPrivacy, event_from_dict
+from dp.events import (Adjacency, ComposedEvent, GaussianEvent, PoissonSampledEvent, UnitOfPrivacy,
+                       event_from_dict)
 
 from fl_core.config import DPMode, RunConfig
 
@@ -35,22 +36,33 @@ __all__ = ["PrivacyPlan", "NoPrivacy", "ClientLevelDP", "SampleLevelDP", "privac
 UNBOUNDED = 1e9
 
 
-def epsilons(history: Sequence, delta: float, unit: UnitOfPrivacy) -> dict:
-    """epsilon at delta under both accountants (RDP, PRV) for one composed history, and the tightest."""
+_KINDS = ("rdp", "prv", "pld")
+
+
+def epsilons(history: Sequence, delta: float, unit: UnitOfPrivacy, adjacency: Adjacency | None = None) -> dict:
+    """epsilon at delta under every accountant (RDP, PRV, PLD) for one composed history, the
+    tightest, and the accountant that produced each (a PRV or PLD that falls back says so)."""
     out: dict = {}
-    for kind in (AccountantKind.RDP, AccountantKind.PRV):
+    for kind in (AccountantKind.RDP, AccountantKind.PRV, AccountantKind.PLD):
         if not history:
             out[kind.value] = 0.0
             continue
-        acc = Accountant(kind, unit=unit)
+        acc = Accountant(kind, unit=unit, adjacency=adjacency)
         for event in history:
             acc.compose(event)
         res = acc.get_privacy_spent(delta)
         out[kind.value] = res.epsilon
         if res.note:
             out[f"{kind.value}_note"] = res.note
-    out["tightest"] = min(v for k, v in out.items() if k in ("rdp", "prv"))
+    out["tightest"] = min(v for k, v in out.items() if k in _KINDS)
     return out
+
+
+def _replace_one(history: Sequence, delta: float, unit: UnitOfPrivacy) -> float:
+    """epsilon at delta under replace-one (sensitivity doubled), the tighter of RDP and PLD."""
+    if not history:
+        return 0.0
+    return epsilons(history, delta, unit, Adjacency.REPLACE_ONE)["tightest"]
 
 
 class PrivacyPlan:
@@ -118,9 +130,14 @@ class ClientLevelDP(PrivacyPlan):
         super().__init__(cfg)
         dp = cfg.dp
         self.kind = AccountantKind(dp.accountant.value)
+        self.adjacency = dp.adjacency or Adjacency.ZERO_OUT
+        # A server colluding with secagg's tolerated corrupt clients knows their noise shares:
+        # the noise is calibrated for the honest survivors alone.
+        self.colluders = math.ceil(cfg.secagg.corrupt * max_clients)
         q = cfg.sampling_rate if cfg.sampling_rate is not None else 1.0
         common = dict(l2_clip=dp.l2_clip, bits=dp.bits or cfg.secagg.bits, dim=dim, num_clients=max_clients,
-                      min_survivors=min_survivors, rounds=cfg.rounds, sampling_rate=q)
+                      min_survivors=min_survivors, rounds=cfg.rounds, sampling_rate=q,
+                      colluders=self.colluders, adjacency=self.adjacency)
         if dp.noise_multiplier is not None:
             self.ddg = DDGConfig(noise_multiplier=dp.noise_multiplier, **common).plan()
         else:
@@ -129,7 +146,8 @@ class ClientLevelDP(PrivacyPlan):
         self.accounting_rate = q
         budget = dp.epsilon_budget if dp.epsilon_budget is not None else dp.target_epsilon
         self.tracker = BudgetTracker(PrivacyBudget(budget if budget is not None else UNBOUNDED, dp.delta,
-                                                   unit=UnitOfPrivacy.CLIENT), accountant=self.kind)
+                                                   unit=UnitOfPrivacy.CLIENT, adjacency=self.adjacency),
+                                     accountant=self.kind)
 
     def stop_reason(self) -> str | None:
         try:
@@ -155,32 +173,62 @@ class ClientLevelDP(PrivacyPlan):
 
     def describe(self, metrics: list[dict]) -> dict:
         cfg, dp, plan = self.cfg, self.cfg.dp, self.ddg
-        eps = epsilons(self.tracker.accountant.history, dp.delta, UnitOfPrivacy.CLIENT)
+        history = self.tracker.accountant.history
+        eps = epsilons(history, dp.delta, UnitOfPrivacy.CLIENT, self.adjacency)
         survivors = [m["survivors"] for m in metrics if m["survivors"]]
+        honest = plan.config.honest_survivors
+        wrap_coord, wrap_round = plan.wrap_probability()
+        releases = sum(e.count for e in history)
         mechanism = {
             "name": "distributed discrete Gaussian (Kairouz, Liu, Steinke, ICML 2021)",
             "unit_of_privacy": "client",
+            "adjacency": self.adjacency.value,
+            "neighbouring_relation": ("two runs whose inputs differ in one client's update: "
+                                      + ("it is replaced by zero; the client stays in the cohort and still adds "
+                                         "its noise share" if self.adjacency is Adjacency.ZERO_OUT
+                                         else "it is replaced by any other update (sensitivity doubled)")),
+            "epsilon_replace_one": _replace_one(history, dp.delta, UnitOfPrivacy.CLIENT),
+            "trust": (f"The adversary may be the server colluding with up to {self.colluders} clients "
+                      f"(ceil({cfg.secagg.corrupt:g} x {plan.config.num_clients}), secagg's tolerated corrupt "
+                      "fraction): it learns their noise shares, so the noise is calibrated for the "
+                      f"{honest} = {plan.config.min_survivors} - {self.colluders} honest survivors' shares alone. "
+                      "Trusted: the honest clients add their noise shares as specified, from secret seeds; secure "
+                      "aggregation reveals only the sum of at least min_survivors inputs; no more than "
+                      f"{self.colluders} clients collude."),
             "parameters": {
                 "l2_clip": plan.config.l2_clip, "bits": plan.bits, "modulus": plan.modulus,
                 "rotation": "randomized Hadamard, public per-round seed", "padded_dim": plan.padded_dim,
                 "gamma": plan.gamma, "beta": plan.config.beta, "client_sigma_integer_units": plan.client_sigma,
                 "central_noise_std": plan.central_sigma, "l2_sensitivity_integer_units": plan.l2_sensitivity,
                 "calibrated_for_survivors": plan.config.min_survivors,
+                "calibrated_for_honest_survivors": honest,
+                "tolerated_colluding_clients": self.colluders,
                 "client_sampling_rate_accounted": self.accounting_rate,
                 "sampling": ("Poisson" if cfg.sampling_rate is not None
                              else "fixed-size cohort, accounted without amplification"),
-                "releases_charged": sum(e.count for e in self.tracker.accountant.history),
+                "releases_charged": releases,
             },
             "epsilon": eps, "delta": dp.delta,
+            "wrap_probability": {
+                "per_coordinate": wrap_coord, "per_round": wrap_round,
+                "over_rounds_run": float(-np.expm1(releases * np.log1p(-wrap_round))) if wrap_round < 1 else 1.0,
+                "model": (f"the plan's worst case (KLS 2021 Sec. 4.4): {plan.config.num_clients} clients, aligned "
+                          f"signal, rounding and noise; the modulus spans {plan.config.k_stddevs:g} standard "
+                          "deviations each side; a wrapped sum is a wrong update (utility), never a privacy loss"),
+            },
             "dropouts": {
                 "calibration_assumed_survivors": plan.config.min_survivors,
+                "calibration_assumed_honest_survivors": honest,
                 "fewest_survivors_seen": min(survivors) if survivors else None,
                 "noise_std_at_fewest": plan.noise_std(min(survivors)) if survivors else None,
-                "note": "noise per client is calibrated for min_survivors; more survivors only add noise",
+                "note": ("noise per client is calibrated for min_survivors minus the tolerated colluders; more "
+                         "survivors only add noise"),
             },
         }
         budget = self.tracker.budget.epsilon
         return {"mechanisms": [mechanism], "epsilon": eps["tightest"], "delta": dp.delta, "unit_of_privacy": "client",
+                "adjacency": mechanism["adjacency"], "neighbouring_relation": mechanism["neighbouring_relation"],
+                "epsilon_replace_one": mechanism["epsilon_replace_one"],
                 "budget_epsilon": budget if budget < UNBOUNDED else None,
                 "accountant_used_for_budget": dp.accountant.value,
                 "secure_aggregation": {"min_survivors": plan.config.min_survivors}}
@@ -205,6 +253,7 @@ class SampleLevelDP(PrivacyPlan):
         super().__init__(cfg)
         dp = cfg.dp
         self.kind = AccountantKind(dp.accountant.value)
+        self.adjacency = dp.adjacency or Adjacency.ADD_REMOVE
         median = int(np.median(sizes))
         rate = cfg.sampling_rate if cfg.sampling_rate is not None else cfg.clients_per_round / num_clients
         self.planned_visits = max(1, math.ceil(cfg.rounds * rate))
@@ -213,10 +262,11 @@ class SampleLevelDP(PrivacyPlan):
         else:
             self._noise_multiplier = calibrate_noise_multiplier(
                 target_epsilon=dp.target_epsilon, delta=dp.delta, sampling_rate=self._example_rate(median),
-                steps=self.planned_visits * self._steps(median), accountant=self.kind)
+                steps=self.planned_visits * self._steps(median), accountant=self.kind, adjacency=self.adjacency)
         budget = dp.epsilon_budget if dp.epsilon_budget is not None else dp.target_epsilon
         self.per_client = PerClientBudgets(PrivacyBudget(budget if budget is not None else UNBOUNDED, dp.delta,
-                                                         unit=UnitOfPrivacy.EXAMPLE), accountant=self.kind)
+                                                         unit=UnitOfPrivacy.EXAMPLE, adjacency=self.adjacency),
+                                           accountant=self.kind)
 
     @property
     def noise_multiplier(self) -> float:
@@ -227,7 +277,8 @@ class SampleLevelDP(PrivacyPlan):
         return lc.steps if lc.steps is not None else lc.epochs * math.ceil(n_examples / lc.batch_size)
 
     def _example_rate(self, n_examples: int) -> float:
-        return 1.0 / math.ceil(n_examples / self.cfg.local.batch_size)
+        """The rate the charge will use: what both training backends record (Opacus' rule)."""
+        return dp_sgd_sampling_rate(num_examples=n_examples, batch_size=self.cfg.local.batch_size)
 
     def client_event(self, n_examples: int):
         """The DP-SGD event one visit of a client with n examples will cost (planned steps)."""
@@ -270,9 +321,13 @@ class SampleLevelDP(PrivacyPlan):
         per = {}
         for u in self.per_client:
             history = self.per_client.tracker(u).accountant.history
-            per[u] = {"rdp": epsilons_rdp(history, dp.delta)}
-        for u in sorted(per, key=lambda k: -per[k]["rdp"])[:3]:
-            per[u] = epsilons(self.per_client.tracker(u).accountant.history, dp.delta, UnitOfPrivacy.EXAMPLE)
+            per[u] = {"rdp": epsilons_rdp(history, dp.delta, self.adjacency)}
+        top = sorted(per, key=lambda k: -per[k]["rdp"])[:3]
+        for u in top:
+            per[u] = epsilons(self.per_client.tracker(u).accountant.history, dp.delta, UnitOfPrivacy.EXAMPLE,
+                              self.adjacency)
+        replace_one = max((_replace_one(self.per_client.tracker(u).accountant.history, dp.delta,
+                                        UnitOfPrivacy.EXAMPLE) for u in top), default=0.0)
         per = {str(u): v for u, v in per.items()}
         worst = max((v.get("tightest", v["rdp"]) for v in per.values()), default=0.0)
         mechanism = {
@@ -280,6 +335,17 @@ class SampleLevelDP(PrivacyPlan):
                      else "DP-SGD (Abadi et al., CCS 2016) per client, vectorized over the cohort "
                      "(fl_core.learn.cohort) with Opacus' semantics"),
             "unit_of_privacy": "example",
+            "adjacency": self.adjacency.value,
+            "neighbouring_relation": {
+                Adjacency.ADD_REMOVE: "one client's training data has one example more or one fewer",
+                Adjacency.ZERO_OUT: "one example of one client contributes a zero gradient instead of its own",
+                Adjacency.REPLACE_ONE: "one example of one client is replaced by any other example",
+            }[self.adjacency],
+            "epsilon_replace_one": replace_one,
+            "trust": ("Each client's DP-SGD noise is its own, drawn from a CSPRNG keystream: the guarantee holds "
+                      "even against the server and every other client. Nothing else about a client leaves it "
+                      "unnoised: the server averages the survivors' updates with uniform weights (no example "
+                      "counts are sent)."),
             "parameters": {"max_grad_norm": dp.l2_clip, "noise_multiplier": self.noise_multiplier,
                            "batch_size": cfg.local.batch_size, "local_epochs": cfg.local.epochs,
                            "local_steps": cfg.local.steps, "grad_sample_mode": dp.grad_sample_mode.value,
@@ -289,6 +355,8 @@ class SampleLevelDP(PrivacyPlan):
         }
         budget = self.per_client.budget.epsilon
         return {"mechanisms": [mechanism], "epsilon": worst, "delta": dp.delta, "unit_of_privacy": "example",
+                "adjacency": mechanism["adjacency"], "neighbouring_relation": mechanism["neighbouring_relation"],
+                "epsilon_replace_one": mechanism["epsilon_replace_one"],
                 "budget_epsilon": budget if budget < UNBOUNDED else None,
                 "accountant_used_for_budget": dp.accountant.value}
 
@@ -299,11 +367,11 @@ class SampleLevelDP(PrivacyPlan):
         self.per_client.load_state_dict(state["per_client"])
 
 
-def epsilons_rdp(history: Sequence, delta: float) -> float:
+def epsilons_rdp(history: Sequence, delta: float, adjacency: Adjacency | None = None) -> float:
     """epsilon at delta of one example-level history under RDP alone (0 for an empty history)."""
     if not history:
         return 0.0
-    acc = Accountant(AccountantKind.RDP, unit=UnitOfPrivacy.EXAMPLE)
+    acc = Accountant(AccountantKind.RDP, unit=UnitOfPrivacy.EXAMPLE, adjacency=adjacency)
     for event in history:
         acc.compose(event)
     return acc.get_epsilon(delta)

@@ -10,20 +10,23 @@ from pathlib import Path
 
 import torch
 
+from dp.noise import SECURE_GAUSSIAN_NAME
+
 from fl_core.config import DPMode, RunConfig
 from fl_core.run import rundir
 
 
 def _local_training(cfg: RunConfig) -> dict:
     """Which backend trained the clients and where DP-SGD's sampling and noise came from."""
-    noise = None
+    noise = sampling = None
     if cfg.dp.mode is DPMode.SAMPLE:
-        noise = ("a torch.Generator per client and round (Poisson sampling; noise from seed + 1) seeded with "
-                 "63 bits from os.urandom (the OS CSPRNG); the generator itself is not a CSPRNG, as in Opacus "
-                 "without secure_mode" if cfg.secure_randomness
-                 else "a torch.Generator per client and round seeded from (run seed, round, client): "
-                 "reproducible, NOT for production")
-    return {"backend": cfg.local.backend.value, "dp_sgd_noise_generator": noise}
+        key = ("keyed with 32 bytes from os.urandom per client and round" if cfg.secure_randomness
+               else "key derived from a torch.Generator seeded from (run seed, round, client): reproducible, "
+               "NOT for production")
+        noise = f"{SECURE_GAUSSIAN_NAME}; {key}"
+        sampling = ("Poisson sampling from a torch.Generator seeded with 63 bits from os.urandom"
+                    if cfg.secure_randomness else "Poisson sampling from a torch.Generator seeded from the run seed")
+    return {"backend": cfg.local.backend.value, "dp_sgd_noise_generator": noise, "dp_sgd_sampling": sampling}
 
 
 def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
@@ -112,7 +115,8 @@ def write_outputs(cfg, out: Path, *, model, data, metrics, privacy, personalizat
     else:
         log(f"final test accuracy {final_acc:.4f} after {summary.rounds_run} rounds; "
             f"epsilon = {summary.epsilon:.3f} at delta = {summary.delta:g} (unit of privacy: one "
-            f"{summary.unit}; accountant: tightest of RDP and PRV)"
+            f"{summary.unit}; adjacency: {rec.get('adjacency')}: {rec.get('neighbouring_relation')}; "
+            f"accountant: tightest of RDP, PRV and PLD)"
             + ("; stopped at the epsilon budget" if stopped_by_budget else ""))
     if personalization is not None:
         p = personalization

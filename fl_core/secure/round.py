@@ -1,15 +1,18 @@
 """One federated round's secure aggregation: encode the sampled clients' updates, run the secagg
 state machines with simulated dropouts, and decode the mean update the server may apply.
 
-Two encodings, both into secagg's words:
+Three encodings, all into secagg's words:
 
 - client-level DP (``DDGPlan``): each client clips, rotates, rounds and adds its share of discrete
   Gaussian noise (``dp.distributed``); the mean is uniform over the survivors, as in DP-FedAvg,
   so one client's influence stays bounded by the clip norm.
-- otherwise (no DP, or sample-level DP-SGD already applied on the client): L2 clip to a public
-  bound, weight by the client's example count over a public cap, fixed-point encode
-  (``secagg.encoding``) and append the raw example count as one more word. The server learns only
-  the sums: sum of weighted updates and total examples, never any client's count.
+- sample-level DP (DP-SGD already applied on the client; ``weighted=False``): L2 clip to a public
+  bound and fixed-point encode; the mean is uniform over the survivors. No example count leaves a
+  client: under DP nothing about a client is released unnoised (the total of the counts, one
+  more word, would tell example-level neighbours apart with certainty).
+- no DP (``weighted=True``): as above, but weighted by the client's example count over a public
+  cap, with the raw count appended as one more word. The server learns only the sums: sum of
+  weighted updates and total examples, never any client's count.
 """
 
 from __future__ import annotations
@@ -131,9 +134,11 @@ def seeded_randbytes(seed: bytes) -> Callable[[int], bytes]:
 def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], *, spec: SecureRoundSpec,
                 ddg: DDGPlan | None, round_seed: bytes, rng: np.random.Generator,
                 secure_randomness: bool, transcript: Transcript = Transcript.DIGEST,
-                on_inputs: Callable[[Mapping[int, np.ndarray]], None] | None = None) -> RoundOutcome:
-    """The mean update over the survivors of one secure round (uniform with DDG, else weighted
-    by example counts). Raises RoundAborted when the protocol aborts.
+                on_inputs: Callable[[Mapping[int, np.ndarray]], None] | None = None,
+                weighted: bool = False) -> RoundOutcome:
+    """The mean update over the survivors of one secure round: uniform with DDG or without
+    ``weighted``; weighted by example counts (sent as one more word) only with ``weighted``, which
+    a DP run must never set. Raises RoundAborted when the protocol aborts.
 
     ``transcript=Transcript.FULL`` also returns the bytes of every message the server received
     (``messages``; the audit keeps them). ``on_inputs`` is called with each client's encoded,
@@ -152,7 +157,7 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
             gen = NoiseGenerator(None if secure_randomness else hashlib.sha256(b"noise" + round_seed + u.to_bytes(8, "big")).digest())
             words[u] = ddg_encode(updates[u], plan=ddg, rotation_seed=round_seed, gen=gen)
         bits, vec_dim = ddg.bits, ddg.padded_dim
-    else:
+    elif weighted:
         bits = spec.bits
         if spec.example_cap * spec.max_clients >= 1 << bits:
             raise OverflowRiskError(f"the sum of example counts of n={spec.max_clients} clients, each up to "
@@ -162,10 +167,15 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
         for u in ids:
             if not 0 < examples[u] <= spec.example_cap:
                 raise ConfigError(f"client {u} has {examples[u]} examples, outside (0, example_cap={spec.example_cap}]")
-            weighted = clip_l2(updates[u], spec.update_clip) * (examples[u] / spec.example_cap)
-            w = enc.encode(weighted, rng=rng)
+            scaled = clip_l2(updates[u], spec.update_clip) * (examples[u] / spec.example_cap)
+            w = enc.encode(scaled, rng=rng)
             words[u] = np.concatenate([w, np.array([examples[u]], dtype=w.dtype)])
         vec_dim = dim + 1
+    else:  # uniform weights: nothing but the clipped update leaves the client
+        bits = spec.bits
+        enc = FixedPointEncoding.for_sum(bits=bits, clip=spec.update_clip, max_clients=spec.max_clients)
+        words = {u: enc.encode(clip_l2(updates[u], spec.update_clip), rng=rng) for u in ids}
+        vec_dim = dim
 
     if not spec.enabled:  # plain sum, no protocol: for baselines only
         survivors = ids
@@ -197,6 +207,8 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
     total_examples = None
     if ddg is not None:
         mean = ddg_decode_sum(agg, plan=ddg, rotation_seed=round_seed) / m
+    elif not weighted:
+        mean = enc.decode_sum(agg, count=m) / m
     else:
         total_examples = int(agg[-1])
         s = enc.decode_sum(agg[:-1], count=m)
