@@ -38,6 +38,7 @@ from dp.events import ComposedEvent, GaussianEvent, PoissonSampledEvent, UnitOfP
 from secagg.config import GraphKind as SecAggGraph
 from secagg.simulate import ProtocolStage
 
+from fl_core.run import rundir
 from fl_core.run.canaries import AuditRecorder
 from fl_core.run.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from fl_core.learn.client import SampleDP, evaluate, local_train
@@ -49,8 +50,7 @@ from fl_core.learn.params import load_pretrained, model_to_vector, vector_to_mod
 from fl_core.secure.round import RoundAborted, SecureRoundSpec, secure_mean
 from fl_core.learn.strategy import make_server_optimizer
 
-LEDGER = "privacy_ledger.jsonl"
-CHECKPOINT_DIR = "checkpoint"
+LEDGER, CHECKPOINT_DIR = rundir.LEDGER, rundir.CHECKPOINT_DIR  # kept: other modules import them here
 
 
 @dataclass
@@ -192,19 +192,6 @@ def _build(cfg: RunConfig, config_dir: Path | None):
     return data, model
 
 
-def _ledger_records(out: Path) -> list[dict]:
-    """Every release the ledger recorded, in order (a partial last line never completed)."""
-    path = out / LEDGER
-    records = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash: its release never happened
-    return records
-
-
 def _truncate_jsonl(path: Path, *, keep) -> None:
     """Keep the whole, wanted lines of a JSON-lines file (a crash may leave a partial last line)."""
     if not path.exists():
@@ -221,10 +208,7 @@ def _truncate_jsonl(path: Path, *, keep) -> None:
 
 
 def _append_ledger(out: Path, record: dict) -> None:
-    with open(out / LEDGER, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    rundir.append_jsonl(out / LEDGER, record, sync=True)
 
 
 def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True,
@@ -240,6 +224,10 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
 
     torch.set_num_threads(1)  # tiny models: one thread is fastest and keeps runs reproducible
     out = Path(out_dir)
+    if resume:
+        rundir.check_resumable(out)  # before anything is touched: no checkpoint after releases is refused
+    elif rundir.holds_run(out):
+        rundir.clear_for_new_run(out)  # the old ledger moves to previous_ledgers/, never deleted
     out.mkdir(parents=True, exist_ok=True)
     data, model = _build(cfg, Path(config_dir) if config_dir else None)
     recorder = AuditRecorder(cfg, out, resume=resume)  # canaries and records for `fl_core audit`
@@ -272,12 +260,12 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
 
     resolved = dump_config(cfg)
     if resume:
-        resolved_path = out / "config.resolved.toml"
+        resolved_path = out / rundir.CONFIG
         if not resolved_path.exists():
-            raise CheckpointError(f"--resume: {out} holds no run (no config.resolved.toml)")
+            raise CheckpointError(f"--resume: {out} holds no run (no {rundir.CONFIG})")
         if resolved_path.read_text() != resolved:
             raise CheckpointError(f"--resume: the run in {out} was started with another config")
-        if has_checkpoint(out / CHECKPOINT_DIR):  # else: killed before round 1's checkpoint
+        if has_checkpoint(out / CHECKPOINT_DIR):  # else: killed before the first checkpoint, nothing released
             state = load_checkpoint(out / CHECKPOINT_DIR)  # CheckpointError if cut short or altered
             if state["config"] != resolved:
                 raise CheckpointError(f"--resume: the checkpoint in {out} was written by another config")
@@ -290,10 +278,10 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
             personal_params = {int(k): {n: torch.as_tensor(np.asarray(v)) for n, v in d.items()}
                                for k, d in state.get("personal_params", {}).items()}
         # files appended during the crashed round are cut back to what the checkpoint covers
-        (out / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-        _truncate_jsonl(out / "transcript.jsonl", keep=lambda rec: rec.get("round", 0) <= start)
+        (out / rundir.METRICS).write_text("".join(rundir.dumps(m) + "\n" for m in metrics))
+        _truncate_jsonl(out / rundir.TRANSCRIPT, keep=lambda rec: rec.get("round", 0) <= start)
         # every release after the checkpoint is lost to it; with fresh noise each was distinct
-        for rec in (rec for rec in _ledger_records(out) if rec["round"] >= start):
+        for rec in (rec for rec in rundir.ledger_records(out) if rec["round"] >= start):
             r = rec["round"]
             if rec["noise"] != "csprng":
                 continue  # seeded noise: the re-run reproduces the identical release, charged once
@@ -306,13 +294,10 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
                     privacy.per_client.spend(int(u), event_from_dict(ev))
                 log(f"resume: round {r + 1}'s DP-SGD steps of {len(rec.get('client_events', {}))} clients "
                     f"were released before the crash and are charged")
-    else:
-        for name in (LEDGER, "metrics.jsonl", "transcript.jsonl"):
-            (out / name).unlink(missing_ok=True)
     vector_to_model(params, model, exclude=personal)
-    tmp = out / "config.resolved.toml.tmp"
+    tmp = out / (rundir.CONFIG + ".tmp")
     tmp.write_text(resolved)
-    os.replace(tmp, out / "config.resolved.toml")  # atomic: a kill never leaves half a config
+    os.replace(tmp, out / rundir.CONFIG)  # atomic: a kill never leaves half a config
     recorder.start(params, start)
 
     bar = None
@@ -334,6 +319,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
             "stopped_by_budget": stopped_by_budget,
             "personal_params": {str(k): {n: v.numpy() for n, v in d.items()} for k, d in personal_params.items()},
         })
+    if not resume or not has_checkpoint(out / CHECKPOINT_DIR):
+        checkpoint()  # before the first release: a missing checkpoint later means a lost one
     for r in range(start, cfg.rounds):
         if stopped_by_budget:
             break
@@ -422,8 +409,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
         if outcome is not None:
             params = opt.step(params, outcome.mean_update)
             vector_to_model(params, model, exclude=personal)
-            with open(out / "transcript.jsonl", "a") as f:
-                f.write(json.dumps({"round": r + 1, "messages": outcome.digests}) + "\n")
+            rundir.append_jsonl(out / rundir.TRANSCRIPT, {"round": r + 1, "messages": outcome.digests})
         recorder.end_round(r, params, outcome)
         test_loss, acc = evaluate(model, data.test)
         eps = privacy.epsilon()
@@ -447,8 +433,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
                               generator=torch.Generator().manual_seed(_int_seed(cfg.seed, "personalize", r))).report
             m["personalization"] = {k: v for k, v in rep.as_dict().items() if not k.endswith("_acc")}
         metrics.append(m)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(m) + "\n")
+        rundir.append_jsonl(out / rundir.METRICS, m)
         eps_txt = "off" if eps is None else f"{eps:.3f}"
         say(f"round {r + 1:>3}/{cfg.rounds}  sampled {len(sampled):>3}  survivors {survivors:>3}  "
             f"train loss {m['loss']:.4f}  test acc {acc:.4f}  epsilon {eps_txt}"

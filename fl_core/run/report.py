@@ -1,5 +1,6 @@
 """What a finished run leaves behind: privacy.json (every guarantee with what it rests on),
-plots.png, model.pt, summary.json, and the final line a person reads."""
+model.pt, summary.json, report.md and plots.png (``fl_core.run.runreport``), and the final line a
+person reads."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dp.accounting import Accountant, AccountantKind
 from dp.events import UnitOfPrivacy
 
 from fl_core.config import DPMode, RunConfig
+from fl_core.run import rundir
 
 
 def _epsilons(events_owner, delta: float, unit: UnitOfPrivacy) -> dict:
@@ -33,6 +35,21 @@ def _epsilons(events_owner, delta: float, unit: UnitOfPrivacy) -> dict:
             out[f"{kind.value}_note"] = res.note
     out["tightest"] = min(v for k, v in out.items() if k in ("rdp", "prv"))
     return out
+
+
+def _reported(rec: dict, tracker, tightest: float) -> None:
+    """The one ε of the run: what the budget's accountant says (as every round's line and metrics.jsonl
+    say it), with the accountant that produced it; the other accountants stay in the mechanism's entry."""
+    if not tracker.accountant.history:
+        rec["epsilon"], rec["epsilon_accountant"] = 0.0, tracker.accountant.kind.value
+        return
+    res = tracker.privacy_spent()
+    rec["epsilon"], rec["epsilon_accountant"] = res.epsilon, res.accountant.value
+    if res.accountant is not res.requested:
+        rec["epsilon_accountant_requested"] = res.requested.value
+    if res.note:
+        rec["epsilon_note"] = res.note
+    rec["epsilon_tightest_of_rdp_and_prv"] = tightest
 
 
 def _local_training(cfg: RunConfig) -> dict:
@@ -95,7 +112,8 @@ def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
                 "note": "noise per client is calibrated for min_survivors; more survivors only add noise",
             },
         })
-        rec["epsilon"], rec["delta"], rec["unit_of_privacy"] = eps["tightest"], dp.delta, "client"
+        _reported(rec, privacy.tracker, eps["tightest"])
+        rec["delta"], rec["unit_of_privacy"] = dp.delta, "client"
         rec["budget_epsilon"] = privacy.tracker.budget.epsilon if privacy.tracker.budget.epsilon < 1e9 else None
     else:
         per = {}
@@ -110,7 +128,8 @@ def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
         for u in sorted(per, key=lambda k: -per[k]["rdp"])[:3]:
             per[u] = _epsilons(privacy.per_client.tracker(u), dp.delta, UnitOfPrivacy.EXAMPLE)
         per = {str(u): v for u, v in per.items()}
-        worst = max((v.get("tightest", v["rdp"]) for v in per.values()), default=0.0)
+        worst_id = max(privacy.per_client, key=privacy.per_client.epsilon_so_far, default=None)
+        worst = privacy.per_client.epsilon_so_far(worst_id) if worst_id is not None else 0.0
         rec["mechanisms"].append({
             "name": ("DP-SGD (Abadi et al., CCS 2016) via Opacus, per client" if cfg.local.backend.value == "opacus"
                      else "DP-SGD (Abadi et al., CCS 2016) per client, vectorized over the cohort (fl_core.learn.cohort) "
@@ -120,68 +139,51 @@ def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
                            "batch_size": cfg.local.batch_size, "local_epochs": cfg.local.epochs,
                            "local_steps": cfg.local.steps, "grad_sample_mode": dp.grad_sample_mode.value,
                            "planned_visits_per_client": privacy.planned_visits},
-            "epsilon_worst_client": worst, "delta": dp.delta,
+            "epsilon_worst_client": worst, "worst_client": worst_id, "delta": dp.delta,
             "epsilon_per_client": per,
         })
-        rec["epsilon"], rec["delta"], rec["unit_of_privacy"] = worst, dp.delta, "example"
+        if worst_id is not None:
+            _reported(rec, privacy.per_client.tracker(worst_id), per[str(worst_id)].get("tightest", worst))
+        else:
+            rec["epsilon"], rec["epsilon_accountant"] = 0.0, dp.accountant.value
+        rec["epsilon_is"] = "the worst client's: each client has its own DP-SGD guarantee"
+        rec["delta"], rec["unit_of_privacy"] = dp.delta, "example"
         budget = privacy.per_client.budget.epsilon
         rec["budget_epsilon"] = budget if budget < 1e9 else None
     rec["accountant_used_for_budget"] = dp.accountant.value
     return rec
 
 
-def plot(metrics: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = [m["round"] for m in metrics]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax[0].plot(rounds, [m["accuracy"] for m in metrics], marker=".")
-    ax[0].set_xlabel("round"), ax[0].set_ylabel("test accuracy"), ax[0].grid(alpha=0.3)
-    eps = [m["epsilon"] for m in metrics]
-    if any(e is not None for e in eps):
-        ax[1].plot(rounds, [e if e is not None else math.nan for e in eps], marker=".", color="C3")
-        ax[1].set_ylabel("epsilon so far")
-    else:
-        ax[1].text(0.5, 0.5, "no differential privacy", ha="center", va="center", transform=ax[1].transAxes)
-    ax[1].set_xlabel("round"), ax[1].grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write_outputs(cfg, out: Path, *, model, data, metrics, privacy, personalization, stopped_by_budget, log):
     from fl_core.run.loop import RunSummary
+    from fl_core.run.runreport import epsilon_line, write_report
 
-    torch.save(model.state_dict(), out / "model.pt")
+    torch.save(model.state_dict(), out / rundir.MODEL)
     rec = privacy_record(cfg, privacy, metrics)
     if personalization is not None:
-        rec_p = personalization.as_dict()
-        (out / "personalization.json").write_text(json.dumps(rec_p, indent=1) + "\n")
-    (out / "privacy.json").write_text(json.dumps(rec, indent=1, default=float) + "\n")
-    if metrics:
-        plot(metrics, out / "plots.png")
-    final_acc = metrics[-1]["accuracy"] if metrics else float("nan")
-    summary = RunSummary(out_dir=out, rounds_run=len(metrics), final_accuracy=final_acc,
+        rundir.write_json(out / rundir.PERSONALIZATION, personalization.as_dict())
+    rundir.write_json(out / rundir.PRIVACY, rec)
+    final_acc = metrics[-1]["accuracy"] if metrics else None
+    summary = RunSummary(out_dir=out, rounds_run=len(metrics),
+                         final_accuracy=final_acc if final_acc is not None else float("nan"),
                          epsilon=rec.get("epsilon"), delta=rec.get("delta"), unit=rec.get("unit_of_privacy"),
                          stopped_by_budget=stopped_by_budget, metrics=metrics)
-    (out / "summary.json").write_text(json.dumps({
+    rundir.write_json(out / rundir.SUMMARY, {
         "rounds_run": summary.rounds_run, "final_accuracy": final_acc, "epsilon": summary.epsilon,
-        "delta": summary.delta, "unit_of_privacy": summary.unit, "stopped_by_budget": stopped_by_budget,
+        "delta": summary.delta, "unit_of_privacy": summary.unit,
+        "epsilon_accountant": rec.get("epsilon_accountant"), "stopped_by_budget": stopped_by_budget,
         "personalization": None if personalization is None else {
-            k: v for k, v in personalization.as_dict().items() if not k.endswith("_acc")},
-    }, indent=1) + "\n")
-    if summary.epsilon is None:
-        log(f"final test accuracy {final_acc:.4f} after {summary.rounds_run} rounds; no differential privacy")
-    else:
-        log(f"final test accuracy {final_acc:.4f} after {summary.rounds_run} rounds; "
-            f"epsilon = {summary.epsilon:.3f} at delta = {summary.delta:g} (unit of privacy: one "
-            f"{summary.unit}; accountant: tightest of RDP and PRV)"
-            + ("; stopped at the epsilon budget" if stopped_by_budget else ""))
+            k: v for k, v in personalization.as_dict().items() if not k.endswith("_acc") and k != "clients"},
+    })
+    report = write_report(out)
+    acc_txt = "none (no round ran)" if final_acc is None else f"{final_acc:.4f}"
+    log(f"final test accuracy {acc_txt} after {summary.rounds_run} rounds; {epsilon_line(rec)}"
+        + ("; stopped at the epsilon budget" if stopped_by_budget else ""))
     if personalization is not None:
         p = personalization
         log(f"personalization: mean accuracy global {p.mean_global:.4f} -> personalized {p.mean_personal:.4f}; "
-            f"worst 10% {p.worst10_global:.4f} -> {p.worst10_personal:.4f}")
-    log(f"outputs in {out}: metrics.jsonl, privacy.json, plots.png, model.pt, config.resolved.toml")
+            f"worst 10% (over the {p.clients_counted_in_worst10} clients with >= {p.min_test_examples} test "
+            f"examples) {p.worst10_global:.4f} -> {p.worst10_personal:.4f}")
+    log(f"outputs in {out}: {report.name} (read this first), {rundir.METRICS}, {rundir.PRIVACY}, {rundir.PLOTS}, "
+        f"{rundir.MODEL}, {rundir.CONFIG}")
     return summary
