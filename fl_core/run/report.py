@@ -5,10 +5,8 @@ person reads."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dp.accounting import Accountant, AccountantKind
