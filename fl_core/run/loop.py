@@ -437,6 +437,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
         eps_txt = "off" if eps is None else f"{eps:.3f}"
         say(f"round {r + 1:>3}/{cfg.rounds}  sampled {len(sampled):>3}  survivors {survivors:>3}  "
             f"train loss {m['loss']:.4f}  test acc {acc:.4f}  epsilon {eps_txt}"
+            + (f"  sat out (over budget) {len(refused)}" if refused else "")
             + (f"  ABORTED: {aborted}" if aborted else ""))
         checkpoint()
         if bar is not None:

@@ -14,6 +14,7 @@ def plot_run(path: Path, *, metrics: list[dict], title: str, target_epsilon: flo
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [m["round"] for m in metrics]
     eps = [m.get("epsilon") for m in metrics]
@@ -48,6 +49,9 @@ def plot_run(path: Path, *, metrics: list[dict], title: str, target_epsilon: flo
         p.set_xlabel("client (sorted by global accuracy)"), p.set_ylabel("accuracy on own test split")
         p.set_ylim(0, 1.05), p.grid(alpha=0.3), p.legend(loc="lower right", fontsize=8)
         p.set_title("personalization", fontsize=10)
+    for name in ("test accuracy", "epsilon"):
+        if name in ax:
+            ax[name].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

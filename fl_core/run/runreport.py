@@ -94,10 +94,12 @@ def epsilon_line(privacy: dict) -> str:
     """The one sentence that states the guarantee, as the console, report and README say it."""
     if privacy.get("mode", "none") == "none" or privacy.get("epsilon") is None:
         return "no differential privacy (secure aggregation only)"
-    acc = privacy.get("epsilon_accountant") or privacy.get("accountant_used_for_budget") or "?"
+    acc = str(privacy.get("epsilon_accountant") or privacy.get("accountant_used_for_budget") or "?").upper()
+    if privacy.get("epsilon_accountant_requested"):
+        acc += f" ({privacy['epsilon_accountant_requested'].upper()} was requested and fell back to it)"
     worst = " (the worst client's)" if privacy.get("unit_of_privacy") == "example" else ""
     return (f"ε = {privacy['epsilon']:.3f}{worst} at δ = {privacy.get('delta'):g}, unit of privacy: one "
-            f"{privacy.get('unit_of_privacy')}, accountant: {str(acc).upper()}")
+            f"{privacy.get('unit_of_privacy')}, accountant: {acc}")
 
 
 def _config_rows(c: dict) -> list[tuple[str, str]]:
