@@ -4,50 +4,13 @@ person reads."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from dp.accounting import Accountant, AccountantKind
-from dp.events import UnitOfPrivacy
-
 from fl_core.config import DPMode, RunConfig
 from fl_core.run import rundir
-
-
-def _epsilons(events_owner, delta: float, unit: UnitOfPrivacy) -> dict:
-    """ε at δ under both accountants for the composed history of one tracker."""
-    history = events_owner.accountant.history
-    out = {}
-    for kind in (AccountantKind.RDP, AccountantKind.PRV):
-        acc = Accountant(kind, unit=unit)
-        for event in history:
-            acc.compose(event)
-        if not history:
-            out[kind.value] = 0.0
-            continue
-        res = acc.get_privacy_spent(delta)
-        out[kind.value] = res.epsilon
-        if res.note:
-            out[f"{kind.value}_note"] = res.note
-    out["tightest"] = min(v for k, v in out.items() if k in ("rdp", "prv"))
-    return out
-
-
-def _reported(rec: dict, tracker, tightest: float) -> None:
-    """The one ε of the run: what the budget's accountant says (as every round's line and metrics.jsonl
-    say it), with the accountant that produced it; the other accountants stay in the mechanism's entry."""
-    if not tracker.accountant.history:
-        rec["epsilon"], rec["epsilon_accountant"] = 0.0, tracker.accountant.kind.value
-        return
-    res = tracker.privacy_spent()
-    rec["epsilon"], rec["epsilon_accountant"] = res.epsilon, res.accountant.value
-    if res.accountant is not res.requested:
-        rec["epsilon_accountant_requested"] = res.requested.value
-    if res.note:
-        rec["epsilon_note"] = res.note
-    rec["epsilon_tightest_of_rdp_and_prv"] = tightest
 
 
 def _local_training(cfg: RunConfig) -> dict:
@@ -63,6 +26,7 @@ def _local_training(cfg: RunConfig) -> dict:
 
 
 def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
+    """privacy.json: what every run states, then what its privacy plan (``fl_core.run.privacy``) adds."""
     dp = cfg.dp
     rec: dict = {
         "mode": dp.mode.value,
@@ -80,80 +44,29 @@ def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
         },
         "mechanisms": [],
     }
-    if privacy.mode is DPMode.NONE:
-        rec["guarantee"] = "none: no differential privacy in this run (secure aggregation only)"
-        return rec
-    if privacy.mode is DPMode.CLIENT:
-        plan = privacy.ddg
-        eps = _epsilons(privacy.tracker, dp.delta, UnitOfPrivacy.CLIENT)
-        survivors = [m["survivors"] for m in metrics if m["survivors"]]
-        rec["secure_aggregation"]["min_survivors"] = plan.config.min_survivors
-        rec["mechanisms"].append({
-            "name": "distributed discrete Gaussian (Kairouz, Liu, Steinke, ICML 2021)",
-            "unit_of_privacy": "client",
-            "parameters": {
-                "l2_clip": plan.config.l2_clip, "bits": plan.bits, "modulus": plan.modulus,
-                "rotation": "randomized Hadamard, public per-round seed", "padded_dim": plan.padded_dim,
-                "gamma": plan.gamma, "beta": plan.config.beta, "client_sigma_integer_units": plan.client_sigma,
-                "central_noise_std": plan.central_sigma, "l2_sensitivity_integer_units": plan.l2_sensitivity,
-                "calibrated_for_survivors": plan.config.min_survivors,
-                "client_sampling_rate_accounted": privacy.accounting_rate,
-                "sampling": ("Poisson" if cfg.sampling_rate is not None
-                             else "fixed-size cohort, accounted without amplification"),
-                "releases_charged": sum(e.count for e in privacy.tracker.accountant.history),
-            },
-            "epsilon": eps, "delta": dp.delta,
-            "dropouts": {
-                "calibration_assumed_survivors": plan.config.min_survivors,
-                "fewest_survivors_seen": min(survivors) if survivors else None,
-                "noise_std_at_fewest": plan.noise_std(min(survivors)) if survivors else None,
-                "note": "noise per client is calibrated for min_survivors; more survivors only add noise",
-            },
-        })
-        _reported(rec, privacy.tracker, eps["tightest"])
-        rec["delta"], rec["unit_of_privacy"] = dp.delta, "client"
-        rec["budget_epsilon"] = privacy.tracker.budget.epsilon if privacy.tracker.budget.epsilon < 1e9 else None
-    else:
-        per = {}
-        # RDP for every client (fast); both accountants for the 3 clients with the largest RDP
-        # epsilon, where the worst case lives (PRV takes seconds per history).
-        for u in privacy.per_client:
-            rdp = privacy.per_client.tracker(u).accountant
-            acc = Accountant(AccountantKind.RDP, unit=UnitOfPrivacy.EXAMPLE)
-            for event in rdp.history:
-                acc.compose(event)
-            per[u] = {"rdp": acc.get_epsilon(dp.delta) if rdp.history else 0.0}
-        for u in sorted(per, key=lambda k: -per[k]["rdp"])[:3]:
-            per[u] = _epsilons(privacy.per_client.tracker(u), dp.delta, UnitOfPrivacy.EXAMPLE)
-        per = {str(u): v for u, v in per.items()}
-        worst_id = max(privacy.per_client, key=privacy.per_client.epsilon_so_far, default=None)
-        worst = privacy.per_client.epsilon_so_far(worst_id) if worst_id is not None else 0.0
-        rec["mechanisms"].append({
-            "name": ("DP-SGD (Abadi et al., CCS 2016) via Opacus, per client" if cfg.local.backend.value == "opacus"
-                     else "DP-SGD (Abadi et al., CCS 2016) per client, vectorized over the cohort (fl_core.learn.cohort) "
-                     "with Opacus' semantics"),
-            "unit_of_privacy": "example",
-            "parameters": {"max_grad_norm": dp.l2_clip, "noise_multiplier": privacy.noise_multiplier,
-                           "batch_size": cfg.local.batch_size, "local_epochs": cfg.local.epochs,
-                           "local_steps": cfg.local.steps, "grad_sample_mode": dp.grad_sample_mode.value,
-                           "planned_visits_per_client": privacy.planned_visits},
-            "epsilon_worst_client": worst, "worst_client": worst_id, "delta": dp.delta,
-            "epsilon_per_client": per,
-        })
-        if worst_id is not None:
-            _reported(rec, privacy.per_client.tracker(worst_id), per[str(worst_id)].get("tightest", worst))
-        else:
-            rec["epsilon"], rec["epsilon_accountant"] = 0.0, dp.accountant.value
-        rec["epsilon_is"] = "the worst client's: each client has its own DP-SGD guarantee"
-        rec["delta"], rec["unit_of_privacy"] = dp.delta, "example"
-        budget = privacy.per_client.budget.epsilon
-        rec["budget_epsilon"] = budget if budget < 1e9 else None
-    rec["accountant_used_for_budget"] = dp.accountant.value
+    own = privacy.describe(metrics)
+    rec["secure_aggregation"].update(own.pop("secure_aggregation", {}))
+    rec["mechanisms"].extend(own.pop("mechanisms", []))
+    rec.update(own)
     return rec
 
 
-def write_outputs(cfg, out: Path, *, model, data, metrics, privacy, personalization, stopped_by_budget, log):
-    from fl_core.run.loop import RunSummary
+@dataclass
+class RunSummary:
+    """What ``fl_core.run`` returns: where the run is, how far it got and the privacy it spent."""
+
+    out_dir: Path
+    rounds_run: int
+    final_accuracy: float
+    epsilon: float | None
+    delta: float | None
+    unit: str | None
+    stopped_by_budget: bool
+    metrics: list[dict]
+
+
+def write_outputs(cfg, out: Path, *, model, data, metrics, privacy, personalization, stopped_by_budget,
+                  log) -> RunSummary:
     from fl_core.run.runreport import epsilon_line, write_report
 
     torch.save(model.state_dict(), out / rundir.MODEL)

@@ -1,7 +1,10 @@
-"""The run directory: every file name it holds, and the rules that keep its privacy record.
+"""The run directory: every file name it holds, the ways they are written, and the rules that keep
+its privacy record.
 
-A run directory is written by ``fl_core.run.loop.run`` and read by the audit and the report.
-Three rules live here so that every command keeps them:
+Every name here is an interface (the audit, the report and users' scripts read them): keep them.
+JSON-lines files are appended one whole line at a time; a crash can leave a partial last line,
+which readers skip (its event never completed). Three rules live here so that every command keeps
+them:
 
 - The privacy ledger is append-only. No command truncates or deletes it; ``--overwrite`` moves it
   into ``previous_ledgers/`` beside the new run (``archive_ledger``), where the report lists it.
@@ -17,6 +20,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ __all__ = [
     "CONFIG", "METRICS", "LEDGER", "PRIVACY", "SUMMARY", "PLOTS", "MODEL", "TRANSCRIPT", "PERSONALIZATION",
     "REPORT", "CHECKPOINT_DIR", "CHECKPOINT_FILE", "AUDIT_DIR", "AUDIT_META", "AUDIT_TRAJECTORY", "AUDIT_JSON",
     "AUDIT_MD", "AUDIT_DIGESTS", "PREVIOUS_LEDGERS", "RUN_FILES", "strict", "dumps", "write_json",
-    "append_jsonl", "read_jsonl", "ledger_records", "releases", "holds_run", "check_resumable",
+    "write_atomic", "append_jsonl", "write_jsonl", "filter_jsonl", "read_jsonl", "ledger_records", "releases", "holds_run", "check_resumable",
     "archive_ledger", "clear_for_new_run", "previous_ledgers",
 ]
 
@@ -83,20 +87,47 @@ def dumps(obj: Any, **kw) -> str:
     return json.dumps(strict(obj), allow_nan=False, **kw)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as strict, indented JSON atomically (a kill leaves the old file or the new one)."""
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a kill never leaves half of it."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps(obj, indent=1) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def append_jsonl(path: str | os.PathLike, obj: Any, *, sync: bool = False) -> None:
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as strict, indented JSON atomically (a kill leaves the old file or the new one)."""
+    write_atomic(path, dumps(obj, indent=1) + "\n")
+
+
+def append_jsonl(path: str | os.PathLike, record: Any, *, sync: bool = False) -> None:
+    """Append one strict JSON line; with ``sync`` it is on disk when this returns (the ledger)."""
     with open(path, "a") as f:
-        f.write(dumps(obj) + "\n")
+        f.write(dumps(record) + "\n")
         if sync:
             f.flush()
             os.fsync(f.fileno())
+
+
+def write_jsonl(path: str | os.PathLike, records) -> None:
+    """Replace a JSON-lines file (never the ledger) with ``records``, one strict line each."""
+    Path(path).write_text("".join(dumps(rec) + "\n" for rec in records))
+
+
+def filter_jsonl(path: str | os.PathLike, keep: Callable[[dict], bool]) -> None:
+    """Rewrite a JSON-lines file (never the ledger) with its whole lines that ``keep`` accepts."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if keep(rec):
+            lines.append(line + "\n")
+    path.write_text("".join(lines))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

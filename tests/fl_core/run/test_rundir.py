@@ -117,9 +117,10 @@ def test_resume_without_checkpoint_and_nothing_released_starts_cleanly(done, tmp
 def test_first_checkpoint_is_written_before_the_first_release(done, tmp_path):
     from fl_core.config import load_config
     from fl_core.run.loop import run
+    from fl_core.run.observer import StopAfterRelease, StopRun
     cfg, _ = done
-    with pytest.raises(SystemExit):
-        run(load_config(cfg), tmp_path / "o", progress=False, log=lambda m: None, crash_after_release=0)
+    with pytest.raises(StopRun):
+        run(load_config(cfg), tmp_path / "o", progress=False, log=lambda m: None, observer=StopAfterRelease(0))
     assert (tmp_path / "o" / rundir.CHECKPOINT_DIR / rundir.CHECKPOINT_FILE).exists()
     s = run(load_config(cfg), tmp_path / "o", resume=True, progress=False, log=lambda m: None)
     # the lost fresh-noise release of round 1 is charged: the budget (2 releases) ends the run after round 1
