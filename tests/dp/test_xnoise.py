@@ -117,3 +117,22 @@ def test_colluders_are_subtracted_from_the_kept_shares():
     assert tolerated_corrupt(plan) == 2
     left = noise_left(plan, survivors=18, removed=4)
     assert (left.kept, left.honest) == (14, 12) and left.event == event
+
+
+def test_bench_xnoise_writes_the_documented_keys(tmp_path):
+    import json
+
+    from dp.tools.bench import main
+
+    out = tmp_path / "x.json"
+    assert main(["xnoise", "--clients", "12", "--dim", "256", "--planned-dropout", "0.4",
+                 "--actual-dropout", "0.1", "--repeats", "1", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    for key in ("mse_xnoise", "mse_min_survivors", "mse_ideal", "extra_round_seconds",
+                "extra_bytes"):
+        assert key in got
+    assert (got["min_survivors"], got["survivors"]) == (8, 11)
+    assert got["extra_bytes"] > 0
+    # nominal noise: removal gives the ideal's variance up to the granularity's difference
+    assert got["nominal_variance_min_survivors"] / got["nominal_variance_xnoise"] == \
+        pytest.approx(11 / 8)
