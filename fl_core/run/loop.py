@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dp import adaptive_clip, xnoise
 from dp.accounting import Accountant, AccountantKind
 from dp.budget import BudgetTracker, PerClientBudgets, PrivacyBudget
 from dp.calibration import calibrate_noise_multiplier
@@ -99,6 +100,9 @@ class _PrivacyPlan:
         self.tracker: BudgetTracker | None = None
         self.per_client: PerClientBudgets | None = None
         self.noise_multiplier: float | None = None
+        self.clip: adaptive_clip.ClipTracker | None = None  # adaptive clipping (client mode)
+        self.clip_beta: float | None = None
+        self.excess_noise = self.mode is DPMode.CLIENT and dp.excess_noise
         budget_eps = dp.epsilon_budget if dp.epsilon_budget is not None else dp.target_epsilon
         if self.mode is DPMode.CLIENT:
             # Fixed-size cohorts are accounted without amplification (q = 1): conservative and
@@ -108,9 +112,13 @@ class _PrivacyPlan:
                           num_clients=max_clients, min_survivors=min_survivors,
                           rounds=cfg.rounds, sampling_rate=q)
             if dp.noise_multiplier is not None:
-                self.ddg = DDGConfig(noise_multiplier=dp.noise_multiplier, **common).plan()
+                base = DDGConfig(noise_multiplier=dp.noise_multiplier, **common)
             else:
-                self.ddg = DDGConfig(epsilon=dp.target_epsilon, delta=dp.delta, **common).plan()
+                base = DDGConfig(epsilon=dp.target_epsilon, delta=dp.delta, **common)
+            if dp.adaptive_clip.enabled:
+                self._plan_adaptive_clip(base)
+            else:
+                self.ddg = base.plan()
             ev = self.ddg.event
             self.round_event = PoissonSampledEvent(q, ev) if q < 1 else ev
             self.accounting_rate = q
@@ -139,6 +147,47 @@ class _PrivacyPlan:
             self.per_client = PerClientBudgets(PrivacyBudget(eps, dp.delta, unit=UnitOfPrivacy.EXAMPLE),
                                                accountant=self.kind)
 
+    def _plan_adaptive_clip(self, base: DDGConfig) -> None:
+        """Andrew et al. 2021 inside the DDG: updates normalized by the clip, the bit appended."""
+        ac = self.cfg.dp.adaptive_clip
+        bit_noise = ac.bit_noise or self.cfg.expected_clients_per_round() / 20
+        clip_cfg = adaptive_clip.AdaptiveClipConfig(
+            initial_clip=self.cfg.dp.l2_clip, target_quantile=ac.target_quantile,
+            learning_rate=ac.learning_rate, bit_noise=bit_noise)
+        planned = adaptive_clip.plan_ddg(base, clip_cfg)
+        self.ddg, self.clip_beta = planned.plan, planned.beta
+        self.clip = adaptive_clip.ClipTracker(clip_cfg)
+
+    def encode_updates(self, updates: dict) -> dict:
+        """With adaptive clipping, [update / C, bit] vectors; else the updates themselves."""
+        if self.clip is None:
+            return updates
+        return {u: adaptive_clip.client_vector(v, clip=self.clip.clip, beta=self.clip_beta)
+                for u, v in updates.items()}
+
+    def released(self, outcome) -> dict:
+        """Charge the noise the release actually carries; with adaptive clipping, split off the
+        bit and move the clip. Returns the round's privacy metrics."""
+        out: dict = {}
+        event = self.round_event
+        if self.excess_noise:
+            left = xnoise.noise_left(self.ddg, survivors=len(outcome.survivors),
+                                     removed=outcome.noise_removed)
+            q = self.accounting_rate
+            event = PoissonSampledEvent(q, left.event) if q < 1 else left.event
+            out["noise_shares_left"] = left.kept
+        self.tracker.spend(event)
+        if self.clip is not None:
+            s = len(outcome.survivors)
+            total, fraction = adaptive_clip.split_sum(
+                outcome.mean_update.astype(np.float64) * s, clip=self.clip.clip,
+                beta=self.clip_beta, survivors=s)
+            outcome.mean_update = (total / s).astype(np.float32)
+            out["clip"] = self.clip.clip
+            out["unclipped_fraction"] = fraction
+            self.clip.update(fraction)
+        return out
+
     def _steps(self, n_examples: int) -> int:
         lc = self.cfg.local
         if lc.steps is not None:
@@ -162,7 +211,10 @@ class _PrivacyPlan:
 
     def state_dict(self) -> dict:
         if self.mode is DPMode.CLIENT:
-            return {"tracker": self.tracker.state_dict()}
+            state = {"tracker": self.tracker.state_dict()}
+            if self.clip is not None:
+                state["clip"] = self.clip.clip
+            return state
         if self.mode is DPMode.SAMPLE:
             return {"per_client": self.per_client.state_dict()}
         return {}
@@ -170,6 +222,8 @@ class _PrivacyPlan:
     def load_state_dict(self, state: dict) -> None:
         if self.mode is DPMode.CLIENT:
             self.tracker.load_state_dict(state["tracker"])
+            if self.clip is not None:
+                self.clip.clip = float(state["clip"])
         elif self.mode is DPMode.SAMPLE:
             self.per_client.load_state_dict(state["per_client"])
 
@@ -406,13 +460,18 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
         try:
             if len(sampled) < 2:
                 raise RoundAborted(f"{len(sampled)} clients sampled")
-            outcome = secure_mean(updates, examples, spec=spec, ddg=privacy.ddg, round_seed=round_seed,
-                                  rng=rng, secure_randomness=cfg.secure_randomness, transcript=recorder.transcript(r),
+            outcome = secure_mean(privacy.encode_updates(updates), examples, spec=spec, ddg=privacy.ddg,
+                                  round_seed=round_seed, rng=rng, secure_randomness=cfg.secure_randomness,
+                                  transcript=recorder.transcript(r), excess_noise=privacy.excess_noise,
                                   on_inputs=None if witness is None else (lambda w, r=r: witness.__setitem__(r, dict(w))))
         except RoundAborted as e:
             outcome, aborted = None, str(e)
-        if privacy.mode is DPMode.CLIENT:
-            privacy.tracker.spend(privacy.round_event)  # charged whether or not the round aborted
+        round_privacy = {}
+        if privacy.mode is DPMode.CLIENT:  # charged whether or not the round aborted
+            if outcome is None:
+                privacy.tracker.spend(privacy.round_event)
+            else:
+                round_privacy = privacy.released(outcome)
         if privacy.mode is DPMode.SAMPLE:
             for u in sampled:  # local DP-SGD ran: each client that trained pays its steps
                 if events[u] is not None:
@@ -432,7 +491,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
              "loss": float(np.mean([losses[u] for u in sampled])) if sampled else float("nan"),
              "test_loss": test_loss, "accuracy": acc, "epsilon": eps,
              "delta": cfg.dp.delta if eps is not None else None, "refused_by_budget": len(refused),
-             "aborted": aborted, "seconds": time.perf_counter() - t_round}
+             "aborted": aborted, "seconds": time.perf_counter() - t_round, **round_privacy}
         if outcome is not None:
             m.update({"k": outcome.k, "threshold": outcome.threshold,
                       "upload_bytes_per_client": outcome.upload_bytes_per_client,
