@@ -153,7 +153,10 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
     randbytes = os.urandom if secure_randomness else seeded_randbytes(b"secagg" + round_seed)
 
     excess_noise = excess_noise and ddg is not None
-    noise_seeds = {u: randbytes(32) for u in ids} if excess_noise else None
+    noise_seeds = None
+    if excess_noise:  # a stream of their own: the protocol's randomness stays as it was
+        noise_seeds = {u: os.urandom(32) if secure_randomness else
+                       hashlib.sha256(b"xnoise" + round_seed + u.to_bytes(8, "big")).digest() for u in ids}
     if ddg is not None:
         words = {}
         for u in ids:
