@@ -443,6 +443,15 @@ def _cross_problems(cfg: RunConfig, p: _Problems) -> None:
     if ok("local.optimizer", "local.momentum") and lc.optimizer is OptimizerName.ADAM and lc.momentum:
         p.add("local.momentum", lc.momentum, "Adam has no momentum option: use 0 (the default with SGD is 0.9)")
     # dp
+    ac = dp.adaptive_clip
+    if ac.enabled is True and dp.mode is not DPMode.CLIENT:
+        p.add("dp.adaptive_clip.enabled", ac.enabled, "adaptive clipping runs inside client-level DP "
+              "(dp.mode = 'client')")
+    if ac.enabled is True:
+        p.number_in("dp.adaptive_clip.target_quantile", ac.target_quantile, 0, 1, lo_open=True, hi_open=True)
+        p.number_in("dp.adaptive_clip.learning_rate", ac.learning_rate, 0, 10, lo_open=True)
+        if ac.bit_noise is not None:
+            p.number_in("dp.adaptive_clip.bit_noise", ac.bit_noise, 0, 1e9, lo_open=True)
     if dp.mode is not DPMode.NONE:
         if ok("dp.target_epsilon", "dp.epsilon_budget") and dp.target_epsilon is not None \
                 and dp.epsilon_budget is not None and dp.target_epsilon > dp.epsilon_budget:
@@ -455,15 +464,6 @@ def _cross_problems(cfg: RunConfig, p: _Problems) -> None:
                 p.add("dp.delta", dp.delta, f"must be < 1/num_clients = {1 / n:.3g} for client-level DP")
         if dp.mode is DPMode.SAMPLE and ok("local.prox_mu") and lc.prox_mu:
             p.add("local.prox_mu", lc.prox_mu, "FedProx is not supported with DP-SGD (dp.mode = 'sample'): use 0")
-        ac = dp.adaptive_clip
-        if ac.enabled is True and dp.mode is not DPMode.CLIENT:
-            p.add("dp.adaptive_clip.enabled", ac.enabled, "adaptive clipping runs inside client-level DP "
-                  "(dp.mode = 'client')")
-        if ac.enabled is True:
-            p.number_in("dp.adaptive_clip.target_quantile", ac.target_quantile, 0, 1, lo_open=True, hi_open=True)
-            p.number_in("dp.adaptive_clip.learning_rate", ac.learning_rate, 0, 10, lo_open=True)
-            if ac.bit_noise is not None:
-                p.number_in("dp.adaptive_clip.bit_noise", ac.bit_noise, 0, 1e9, lo_open=True)
         if dp.bits is not None and ok("dp.bits", "secagg.bits") and dp.bits > sa.bits:
             p.add("dp.bits", dp.bits, f"exceeds secagg.bits = {sa.bits}")
     # secagg
