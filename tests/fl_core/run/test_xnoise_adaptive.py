@@ -8,6 +8,7 @@ import torch
 
 from dp.distributed import DDGConfig
 from fl_core.run.loop import run
+from fl_core.run.observer import StopAfterRelease, StopRun
 from fl_core.secure.round import SecureRoundSpec, secure_mean
 from secagg.config import GraphKind
 
@@ -63,8 +64,8 @@ def test_adaptive_clip_moves_and_survives_a_resume(tmp_path):
     clips = [m["clip"] for m in full.metrics]
     assert clips[0] == 5.0 and len(set(clips)) == len(clips)  # moved every round
     assert all(0.0 <= m["unclipped_fraction"] <= 1.5 for m in full.metrics)
-    with pytest.raises(SystemExit):
-        run(cfg, tmp_path / "cut", crash_after_release=2, **QUIET)
+    with pytest.raises(StopRun):
+        run(cfg, tmp_path / "cut", observer=StopAfterRelease(2), **QUIET)
     resumed = run(cfg, tmp_path / "cut", resume=True, **QUIET)
     assert [m["clip"] for m in resumed.metrics] == clips
     m1, m2 = torch.load(tmp_path / "full" / "model.pt"), torch.load(tmp_path / "cut" / "model.pt")
