@@ -6,7 +6,9 @@ Subcommands (each prints a table and writes ``benchmarks/results/dp_<name>.json`
   without DP and with Opacus in each per-sample-gradient mode. ``--device cuda`` runs it on a GPU.
   One torch thread by default (``--threads``). Smaller: ``--steps``, ``--batch-size``, ``--modes``.
 - ``sampler``: samples/s of the discrete Gaussian and Skellam samplers beside numpy's normal, and
-  the time to noise (and fully encode) a d-vector against the time to expand one secagg mask.
+  the time to noise (and fully encode) a d-vector against the time to expand one secagg mask;
+  DP-SGD's keystream noise (``dp.noise.secure_gaussian``, what ``train_dp_sgd`` adds) against
+  torch.normal (Opacus' default) and torch's four-draw secure_mode construction.
   Smaller: ``--size``, ``--repeats``.
 - ``distributed``: MSE of the decoded DDG sum vs the central Gaussian sum at the same (epsilon,
   delta), one release, no client sampling. Each mechanism is calibrated with its own analysis:
@@ -184,6 +186,7 @@ def bench_sampler(args: argparse.Namespace) -> dict[str, Any]:
     for s in args.sigmas:
         rows.append({"sampler": "skellam", "sigma": s,
                      "seconds": _best_time(lambda s=s: skellam(size, s * s / 2, gen=gen), reps)})
+    rows += _dp_sgd_noise_rows(size, reps, gen)
     mask = _best_time(lambda: prg.expand(bytes(32), size, 16), reps)
     rows.append({"sampler": "secagg mask expand (1 PRG, 16 bits)", "sigma": None, "seconds": mask})
     plan = DDGConfig(l2_clip=1.0, bits=16, dim=size, num_clients=100, min_survivors=100,
@@ -200,6 +203,31 @@ def bench_sampler(args: argparse.Namespace) -> dict[str, Any]:
     print(f"noise / one mask: {dg / mask:.3g}; a client expands k+1 >= 2 masks")
     return {"bench": "sampler", "size": size, "repeats": reps, "machine": _machine(),
             "noise_over_one_mask": dg / mask, "rows": rows}
+
+
+def _dp_sgd_noise_rows(size: int, reps: int, gen: Any) -> list[dict[str, Any]]:
+    """DP-SGD noise for ``size`` coordinates: ours (keystream, sum of 4) vs torch.normal."""
+    import torch
+
+    from dp.noise import secure_gaussian
+
+    tgen = torch.Generator().manual_seed(0)
+
+    def torch_four() -> Any:
+        out = torch.zeros(size)
+        for _ in range(4):
+            out += torch.normal(0.0, 1.0, size=(size,), generator=tgen)
+        return out / 2
+
+    return [
+        {"sampler": "torch.normal float32 (Opacus default)", "sigma": 1.0,
+         "seconds": _best_time(lambda: torch.normal(0.0, 1.0, size=(size,), generator=tgen),
+                               reps)},
+        {"sampler": "torch.normal x4 (Opacus secure_mode construction)", "sigma": 1.0,
+         "seconds": _best_time(torch_four, reps)},
+        {"sampler": "secure_gaussian (keystream, sum of 4; DP-SGD default)", "sigma": 1.0,
+         "seconds": _best_time(lambda: secure_gaussian(size, 1.0, gen=gen), reps)},
+    ]
 
 
 def plot_sampler(payload: dict[str, Any], path: Path) -> None:
