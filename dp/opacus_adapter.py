@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import enum
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -35,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from .accounting import AccountantKind, _coerce_kind
 from .calibration import calibrate_noise_multiplier
 from .errors import DPConfigError
+from .grad_sample import GradSampleMode
 from .events import (
     ComposedEvent,
     GaussianEvent,
@@ -46,15 +46,6 @@ from .events import (
 )
 
 __all__ = ["GradSampleMode", "DPSGDResult", "train_dp_sgd"]
-
-
-class GradSampleMode(enum.Enum):
-    """How Opacus gets per-example gradient norms (same privacy, different speed and memory)."""
-
-    HOOKS = "hooks"  # module hooks, per-layer grad samplers (the default)
-    GHOST = "ghost"  # ghost clipping: norms without materializing per-example gradients
-    FUNCTORCH = "functorch"  # torch.func vmap over the per-example loss
-    EW = "ew"  # torch's ExpandedWeights
 
 
 @dataclass(frozen=True)
