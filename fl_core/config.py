@@ -54,7 +54,7 @@ from fl_core.learn.strategy import ServerOptName
 
 __all__ = [
     "DPMode", "GradSampleMode", "AccountantKind", "GraphKind", "InitMode", "Backend",
-    "DataConfig", "ModelConfig", "LocalConfig", "ServerConfig", "DPConfig", "DropoutConfig",
+    "DataConfig", "ModelConfig", "LocalConfig", "ServerConfig", "DPConfig", "AdaptiveClipSection", "DropoutConfig",
     "SecAggConfig", "InitConfig", "PersonalizeConfig", "AuditConfig", "RunConfig",
     "load_config", "config_from_dict", "dump_config", "config_problems", "default_config",
 ]
@@ -164,6 +164,19 @@ class ServerConfig:
 
 
 @_section
+class AdaptiveClipSection:
+    """``[dp.adaptive_clip]``: Andrew et al. (NeurIPS 2021) quantile clipping, client mode only.
+    The clip starts at ``dp.l2_clip`` and moves geometrically (step ``learning_rate``) toward the
+    ``target_quantile`` of the update norms; each client's clipped-or-not bit rides in the secure
+    sum, with noise std ``bit_noise`` clients on the count (default: expected clients / 20)."""
+
+    enabled: Bool = Field(False, description="adapt the clip (dp.mode = 'client')")
+    target_quantile: Float = Field(0.5, gt=0, lt=1, description="quantile of the update norms aimed at")
+    learning_rate: Float = Field(0.2, gt=0, le=10, description="geometric step of the clip")
+    bit_noise: Float | None = Field(None, gt=0, le=1e9, description="noise std on the clipped count")
+
+
+@_section
 class DPConfig:
     """Differential privacy. ``target_epsilon``: calibrate the noise so the planned rounds spend
     it; or give ``noise_multiplier`` directly. ``epsilon_budget``: stop before a round would
@@ -182,6 +195,9 @@ class DPConfig:
     bits: Int | None = Field(None, ge=1, description="field bits of the distributed noise (default: secagg.bits)")
     accountant: AccountantKind = Field(AccountantKind.RDP, description="accountant of the budget")
     grad_sample_mode: GradSampleMode = Field(GradSampleMode.HOOKS, description="Opacus' per-example gradients")
+    excess_noise: Bool = Field(True, description="client mode: reveal and subtract the survivors' excess noise "
+                               "shares (Dordis, EuroSys 2024)")
+    adaptive_clip: AdaptiveClipSection = Field(default_factory=AdaptiveClipSection)
 
 
 _Drop = Annotated[Float, Field(ge=0, lt=1)]

@@ -100,6 +100,9 @@ def _privacy(cfg, p: _Problems) -> None:
     lc, dp, sa, n = cfg.local, cfg.dp, cfg.secagg, cfg.data.num_clients
     if p.ok("local.optimizer", "local.momentum") and lc.optimizer is OptimizerName.ADAM and lc.momentum:
         p.add("local.momentum", lc.momentum, "Adam has no momentum option: use 0 (the default with SGD is 0.9)")
+    if dp.adaptive_clip.enabled and dp.mode is not DPMode.CLIENT and p.ok("dp.adaptive_clip.enabled", "dp.mode"):
+        p.add("dp.adaptive_clip.enabled", dp.adaptive_clip.enabled, "adaptive clipping runs inside client-level DP "
+              "(dp.mode = 'client')")
     if dp.mode is DPMode.NONE:
         return
     if p.ok("dp.target_epsilon", "dp.epsilon_budget") and dp.target_epsilon is not None \
