@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 
-from fl_core.integrations import flower as ours  # noqa: E402
+from fl_core.secure import flower as ours  # noqa: E402
 from fl_core.tools.flower_grid import InProcessGrid  # noqa: E402
 from secagg.config import GraphKind, RoundConfig  # noqa: E402
 from secagg.graph import choose_k_t  # noqa: E402
@@ -66,8 +66,12 @@ def per_client_bytes(grid: InProcessGrid, survivors) -> dict:  # zero unless the
 
 
 def ours_inprocess(n, d, dropped, k, t, *, dp: bool, repeats: int, serialize: bool) -> dict:
+    """Flower's FedAvg on ``SecureGrid``, nodes a plain ``ClientApp(mods=[secagg_mod])``."""
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp.strategy import FedAvg
+
     delta = deltas(n, d)
-    app = ours.SecureClientApp()
+    app = ClientApp(mods=[ours.secagg_mod])
 
     @app.train()
     def train(msg, context):
@@ -76,8 +80,8 @@ def ours_inprocess(n, d, dropped, k, t, *, dp: bool, repeats: int, serialize: bo
         return Message(RecordDict({"arrays": ArrayRecord([arr + delta[u]]),
                                    "metrics": MetricRecord({"num-examples": EXAMPLES})}), reply_to=msg)
 
-    settings = ours.SecureSettings(rounds=1, min_nodes=n, node_wait=0.1, stage_timeout=1.0, bits=32,
-                                   min_survivors=0.6, graph=GraphKind.SPARSE if k < n - 1 else GraphKind.COMPLETE,
+    settings = ours.SecureSettings(timeout=1.0, bits=32, min_survivors=0.6,
+                                   graph=GraphKind.SPARSE if k < n - 1 else GraphKind.COMPLETE,
                                    k=k, threshold=(t - 0.5) / k, epsilon=8.0 if dp else None, l2_clip=10.0,
                                    example_cap=EXAMPLES)
     start = ArrayRecord([np.zeros(d, dtype=np.float32)])
@@ -86,11 +90,13 @@ def ours_inprocess(n, d, dropped, k, t, *, dp: bool, repeats: int, serialize: bo
     times = []
     for _ in range(repeats):
         grid = InProcessGrid(app, nodes, silent_from=silent, serialize=serialize)
-        res = ours.SecureFedAvg(settings, log=lambda m: None).start(grid, initial_arrays=start)
-        rec = res.rounds[0]
+        sg = ours.SecureGrid(grid, settings, log=lambda m: None)
+        res = FedAvg(fraction_evaluate=0.0, min_available_nodes=n, min_train_nodes=n).start(
+            grid=sg, initial_arrays=start, num_rounds=1)
+        rec = sg.rounds[0]
         if rec.aborted:
             raise RuntimeError(rec.aborted)
-        times.append(rec.seconds)
+        times.append(rec.seconds - rec.hello_seconds)
     survivors = rec.survivors
     got = res.arrays.to_numpy_ndarrays()[0]
     want = np.mean([delta[u] for u in survivors], axis=0)

@@ -772,3 +772,49 @@ def test_engine_processes_are_torn_down_when_a_test_fails(deployment_cls):
         with pytest.raises(ProcessLookupError):
             os.killpg(pgid, 0)
     assert dep.processes() == []
+
+
+# ------------------------------------------------------------------------ docs/flower.md's app
+
+
+def _docs_app():
+    """The complete app of docs/flower.md ("A complete app"), executed as a module."""
+    import re
+    import types
+    doc = (ROOT / "docs" / "flower.md").read_text()
+    section = doc[doc.index("### A complete app"):doc.index("### What the node and the server each hold")]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    mod = types.ModuleType("docs_flower_app")
+    exec(compile(code, "docs/flower.md", "exec"), mod.__dict__)
+    return mod
+
+
+def test_the_docs_app_runs_secure_fedadam_with_dp(fl, capsys):
+    flower, fg = fl
+    from flwr.app import Context, RecordDict
+    app = _docs_app()
+    grid = fg.InProcessGrid(app.client_app, {30 + i: {"partition-id": i, "num-partitions": 3} for i in range(3)})
+    app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    out = capsys.readouterr().out
+    assert "epsilon spent: 3.99" in out or "epsilon spent: 4.0" in out, out
+    assert "survivors: [(0, 1, 2), (0, 1, 2)]" in out and grid.errors == []
+    for state in grid.states.values():  # every node ran the protocol to the end, twice
+        setup_bytes, party_bytes = __import__("fl_core.secure.transport", fromlist=["_unpack_state"])._unpack_state(
+            state.config_records[flower.STATE_RECORD]["state"])
+        assert RoundSetup.from_bytes(setup_bytes).round_number == 2
+    mk = (ROOT / "Makefile").read_text()
+    assert "'.[dev,flower]'" in mk  # `make test` runs these tests: the setup installs flwr
+
+
+@pytest.mark.flower
+@pytest.mark.timeout(600)
+def test_simulation_engine_runs_the_docs_app(fl, capsys):
+    """One run of the docs app (2 rounds) on Flower's Simulation Engine (Ray workers); skipped
+    when ray is not installed (`pip install -e '.[simulation]'`)."""
+    pytest.importorskip("ray")
+    from flwr.simulation import run_simulation
+    app = _docs_app()
+    run_simulation(server_app=app.server_app, client_app=app.client_app, num_supernodes=3,
+                   backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}})
+    out = capsys.readouterr().out
+    assert "survivors: [(0, 1, 2), (0, 1, 2)]" in out, out[-3000:]
