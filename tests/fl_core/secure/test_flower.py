@@ -731,8 +731,8 @@ def test_engine_round_with_a_killed_supernode_sums_the_survivors_exactly(deploym
     the three survivors, and the aggregate equals their plaintext sum. (Complete graph, n = 4, so
     t = 2: each survivor's masks need 2 live neighbours, which one dropout leaves.)"""
     result, progress = tmp_path / "res.json", tmp_path / "progress.jsonl"
-    rc = {"num-server-rounds": 1, "test-dim": 100, "test-seed": 4, "bits": 32, "min-nodes": 4, "node-wait": 60.0,
-          "stage-timeout": 60.0, "graph": "complete", "min-survivors": 0.5, "result-file": str(result),
+    rc = {"num-server-rounds": 1, "secagg-test-dim": 100, "secagg-test-seed": 4, "secagg-bits": 32, "min-nodes": 4,
+          "secagg-timeout": 60.0, "secagg-graph": "complete", "secagg-min-survivors": 0.5, "result-file": str(result),
           "progress-file": str(progress), "test-pause": 2.0}
     done = threading.Event()
     with deployment_cls(num_nodes=4) as dep:
