@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m fl_core run --out runs/demo
+	$(PY) -m fl_core run --out runs/demo --overwrite  # a rerun replaces it; the old privacy ledger is kept beside
 
 test: $(STAMP)
 	$(PY) -m pytest -q

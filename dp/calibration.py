@@ -21,6 +21,7 @@ from typing import Callable
 from dp.accounting import Accountant, AccountantKind, coerce_kind
 from dp.errors import DPConfigError
 from dp.events import (
+    Adjacency,
     DistributedDiscreteGaussianEvent,
     DPEvent,
     GaussianEvent,
@@ -241,13 +242,15 @@ def calibrate_ddg(
     sampling_rate: float = 1.0,
     steps: int = 1,
     rtol: float = 1e-4,
+    adjacency: Adjacency | str = Adjacency.ZERO_OUT,
 ) -> float:
     """Per-client discrete Gaussian parameter (integer units) meeting (target_epsilon, delta).
 
     ``num_clients`` is the smallest number of noisy shares in any released sum (secagg's
     ``min_survivors``), ``steps`` the number of rounds, ``sampling_rate`` the Poisson rate at
     which clients join a round (1 = every round has them all; then no amplification is
-    claimed). Accounted with RDP (the only DDG analysis here); unit of privacy: one client.
+    claimed). Accounted with RDP (the only DDG analysis here); unit of privacy: one client;
+    ``adjacency`` zero-out (default) or replace-one (add-remove raises DPConfigError).
     The answer is at least 0.5, the smallest parameter the DDG analysis covers.
     """
     target = check_positive("target_epsilon", target_epsilon)
@@ -271,7 +274,7 @@ def calibrate_ddg(
         )
         if q < 1.0:
             event = PoissonSampledEvent(q, event)
-        acc = Accountant(AccountantKind.RDP, unit=UnitOfPrivacy.CLIENT)
+        acc = Accountant(AccountantKind.RDP, unit=UnitOfPrivacy.CLIENT, adjacency=adjacency)
         acc.compose(event, count=steps)
         return acc.get_epsilon(delta)
 

@@ -25,6 +25,7 @@ import numpy as np
 from dp.distributed import DDGConfig, DDGPlan
 from dp.distributed import decode_sum as ddg_decode_sum
 from dp.distributed import encode_client as ddg_encode
+from dp import xnoise
 from dp.noise import NoiseGenerator
 from dp.rotation import padded_dim
 from secagg import wire
@@ -143,15 +144,20 @@ class Encoder:
 
     def encode(self, update: np.ndarray | None, *, client_id: int, round_number: int, round_seed: bytes,
                num_examples: int | None = None, secret_seed: bytes | None = None,
-               rng: np.random.Generator | None = None) -> np.ndarray:
+               noise_seed: bytes | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
         """One client's words. Its noise (DDG) and rounding come from ``rng`` (fixed point) or
-        ``secret_seed`` (32 bytes; reproducible runs and tests) or, by default, os.urandom."""
+        ``secret_seed`` (32 bytes; reproducible runs and tests) or, by default, os.urandom. DDG
+        with ``noise_seed``: the noise share is drawn from that seed, which the client
+        secret-shares so the server can remove excess shares (``dp.xnoise``)."""
         if self.kind is InputKind.WORDS:
             return known_words(self.test_seed, client_id, round_number, self.dim, self.bits)
         x = np.asarray(update, dtype=np.float64)
         if x.shape != (self.dim,):
             raise InputError(f"update has shape {x.shape}, the round expects ({self.dim},)")
         if self.kind is InputKind.DDG:
+            if noise_seed is not None:
+                return xnoise.encode_client(x, plan=self.plan, rotation_seed=round_seed, noise_seed=noise_seed,
+                                            gen=NoiseGenerator(secret_seed))
             return ddg_encode(x, plan=self.plan, rotation_seed=round_seed, gen=NoiseGenerator(secret_seed))
         if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) \
                 or not 0 < num_examples <= self.example_cap:
@@ -163,11 +169,15 @@ class Encoder:
         words = self.fixed.encode(weighted, rng=rng)
         return np.concatenate([words, np.array([num_examples], dtype=words.dtype)])
 
-    def decode(self, aggregate: np.ndarray, *, survivors: int, round_seed: bytes) -> Decoded:
-        """The mean over ``survivors`` clients: uniform (DDG) or example-weighted (fixed point)."""
+    def decode(self, aggregate: np.ndarray, *, survivors: int, round_seed: bytes,
+               revealed_noise: Mapping[int, bytes] | None = None) -> Decoded:
+        """The mean over ``survivors`` clients: uniform (DDG) or example-weighted (fixed point).
+        DDG with ``revealed_noise`` (owner -> noise seed): those noise shares are removed first."""
         if self.kind is InputKind.WORDS:
             return Decoded(None, None)
         if self.kind is InputKind.DDG:
+            if revealed_noise:
+                aggregate = xnoise.remove_excess(aggregate, plan=self.plan, seeds=revealed_noise)
             return Decoded(ddg_decode_sum(aggregate, plan=self.plan, rotation_seed=round_seed) / survivors, None)
         total = int(aggregate[-1])
         if total <= 0:
