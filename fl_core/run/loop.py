@@ -129,11 +129,15 @@ class _Trainer:
         if not resolved_path.exists():
             raise CheckpointError(f"--resume: {out} holds no run (no {rundir.CONFIG})")
         if resolved_path.read_text() != self.resolved:
-            raise CheckpointError(f"--resume: the run in {out} was started with another config")
+            raise CheckpointError(f"--resume: {resolved_path} differs from the config given: a resumed run keeps its "
+                                  f"own config (`fl-core run --resume {out}` reads that file); to train with another "
+                                  "config start a new run with --out NEW_DIR")
         if has_checkpoint(out / rundir.CHECKPOINT_DIR):  # else: killed before the first release (check_resumable)
             state = load_checkpoint(out / rundir.CHECKPOINT_DIR)  # CheckpointError if cut short or altered
             if state["config"] != self.resolved:
-                raise CheckpointError(f"--resume: the checkpoint in {out} was written by another config")
+                raise CheckpointError(f"--resume: {out / rundir.CHECKPOINT_DIR / rundir.CHECKPOINT_FILE} was written by "
+                                      f"another config than {resolved_path}: the directory mixes two runs. Restore the "
+                                      "matching checkpoint, or start a new run with --out NEW_DIR")
             self.start = int(state["round"])
             self.params = np.asarray(state["params"], dtype=np.float32)
             self.opt.load_state_dict(state["server_optimizer"])
