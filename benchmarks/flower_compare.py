@@ -1,7 +1,7 @@
 """Our secure round vs Flower's SecAgg+ (SecAggPlusWorkflow + secaggplus_mod), side by side.
 
 In one process (default): both protocols driven through the same in-process Flower Grid
-(``fl_core.integrations.inprocess.InProcessGrid``), same n, d and dropouts (clients that go silent
+(``fl_core.tools.flower_grid.InProcessGrid``), same n, d and dropouts (clients that go silent
 after sharing keys, before their masked input: the only dropout Flower's workflow survives).
 Clients hold a fixed float update (no training) that each side quantizes its own way. Rows:
 - ours at our secure (k, t) (``secagg.graph.choose_k_t``), without and with DP;
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 
 from fl_core.integrations import flower as ours  # noqa: E402
-from fl_core.integrations.inprocess import InProcessGrid  # noqa: E402
+from fl_core.tools.flower_grid import InProcessGrid  # noqa: E402
 from secagg.config import GraphKind, RoundConfig  # noqa: E402
 from secagg.graph import choose_k_t  # noqa: E402
 from secagg.simulate import DropoutSchedule, Transcript, simulate  # noqa: E402
@@ -175,7 +175,7 @@ def flower_inprocess(n, d, dropped, num_shares, threshold, *, repeats: int, seri
 
 
 def engine(n: int, d: int, timeout: float) -> dict:
-    from fl_core.integrations.deployment import LocalDeployment
+    from fl_core.tools.deployment import LocalDeployment
 
     out = {}
     with tempfile.TemporaryDirectory() as td:
@@ -206,7 +206,7 @@ def engine(n: int, d: int, timeout: float) -> dict:
 
 def engine_digits(n: int, rounds: int, epsilon: float, timeout: float) -> dict:
     """The example app as shipped (digits, training, DDG at ``epsilon``) under ``flwr run``."""
-    from fl_core.integrations.deployment import LocalDeployment
+    from fl_core.tools.deployment import LocalDeployment
 
     with tempfile.TemporaryDirectory() as td, LocalDeployment(num_nodes=n) as dep:
         res_file = Path(td) / "digits.json"

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from secagg import wire
-from secagg.bench import keystream_bytes_per_second
+from secagg.tools.bench import keystream_bytes_per_second
 from secagg.client import ClientParty
 from secagg.config import GraphKind, RoundConfig
 from secagg.errors import AbortedError

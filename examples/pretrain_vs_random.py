@@ -18,7 +18,7 @@ import torch
 
 from fl_core import evaluate, local_train
 from fl_core.config import config_from_dict
-from fl_core.run import load_run_data, run
+from fl_core.run.loop import load_run_data, run
 
 HERE = Path(__file__).parent
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from fl_core.config import load_config
-from fl_core.run import run
+from fl_core.run.loop import run
 
 HERE = Path(__file__).parent
 EXAMPLES = ["digits_nonprivate", "digits_ddp_eps1", "digits_ddp_eps3", "digits_ddp_eps8",

@@ -2,7 +2,7 @@
 
 Without --config it runs the default example (digits, secure aggregation, client-level DP).
 `--resume DIR` continues the run in DIR from its last checkpoint. `--backend cohort` trains each round's
-clients all at once (``fl_core.cohort``) instead of one after the other.
+clients all at once (``fl_core.learn.cohort``) instead of one after the other.
 `python -m fl_core audit RUN_DIR` audits a finished run (``fl_core.audit``).
 """
 
@@ -33,15 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     if a.command == "audit":
-        from .audit import main as audit_main
+        from fl_core.audit.checks import main as audit_main
         try:
             return audit_main(a)
         except SecAggError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
 
-    from .config import default_config, load_config
-    from .run import run
+    from fl_core.config import default_config, load_config
+    from fl_core.run.loop import run
 
     try:
         if a.resume is not None:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             out = a.out or Path("runs") / (a.config.stem if a.config else "default")
             config_dir = a.config.parent if a.config else None
         if a.backend is not None:
-            from .cohort import Backend
+            from fl_core.learn.cohort import Backend
             cfg = dataclasses.replace(cfg, local=dataclasses.replace(cfg.local, backend=Backend(a.backend)))
         run(cfg, out, resume=a.resume is not None, progress=not a.no_progress, config_dir=config_dir)
     except SecAggError as e:

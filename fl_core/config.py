@@ -44,13 +44,13 @@ from torch import nn
 
 from dp.accounting import AccountantKind
 
-from .client import OptimizerName
-from .cohort import Backend
-from .data import DATASET_FEATURES, DatasetName, FederatedDataset, Partition, load_federated
-from .errors import ConfigFieldError
-from .models import ModelName, build_model
-from .params import matches_prefix
-from .strategy import ServerOptName, make_server_optimizer
+from fl_core.learn.client import OptimizerName
+from fl_core.learn.cohort import Backend
+from fl_core.learn.data import DATASET_FEATURES, DatasetName, FederatedDataset, Partition, load_federated
+from fl_core.errors import ConfigFieldError
+from fl_core.learn.models import ModelName, build_model
+from fl_core.learn.params import matches_prefix
+from fl_core.learn.strategy import ServerOptName, make_server_optimizer
 
 __all__ = [
     "DPMode", "GradSampleMode", "AccountantKind", "GraphKind", "InitMode", "Backend",
@@ -85,7 +85,7 @@ class InitMode(enum.Enum):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which built-in dataset and how it is spread over clients (see ``fl_core.data``)."""
+    """Which built-in dataset and how it is spread over clients (see ``fl_core.learn.data``)."""
 
     dataset: DatasetName = DatasetName.DIGITS
     num_clients: int = 20
@@ -100,7 +100,7 @@ class DataConfig:
     synthetic_beta: float = 1.0
 
     def load(self, *, rng: np.random.Generator) -> FederatedDataset:
-        """The federated dataset these fields describe (``fl_core.data.load_federated``)."""
+        """The federated dataset these fields describe (``fl_core.learn.data.load_federated``)."""
         kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "dataset"}
         return load_federated(self.dataset, rng=rng, **kw)
 
@@ -111,15 +111,15 @@ class ModelConfig:
     hidden: int = 64
 
     def build(self, *, in_features: int, num_classes: int = 10, seed: int | None = None) -> nn.Module:
-        """``fl_core.models.build_model`` with these fields."""
+        """``fl_core.learn.models.build_model`` with these fields."""
         return build_model(self.name, in_features=in_features, num_classes=num_classes, hidden=self.hidden, seed=seed)
 
 
 @dataclass(frozen=True)
 class LocalConfig:
-    """Local training per client and round (``fl_core.client.local_train``). ``backend``: "opacus",
+    """Local training per client and round (``fl_core.learn.client.local_train``). ``backend``: "opacus",
     the reference, trains the sampled clients one after the other (Opacus for DP-SGD); "cohort"
-    trains them all at once with the same semantics (``fl_core.cohort``, docs/cohort.md)."""
+    trains them all at once with the same semantics (``fl_core.learn.cohort``, docs/cohort.md)."""
 
     ONE_OF: ClassVar[tuple[tuple[str, str], ...]] = (("epochs", "steps"),)
     epochs: int | None = 2
@@ -134,7 +134,7 @@ class LocalConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Server optimizer (``fl_core.strategy``); fields the chosen optimizer does not use are ignored."""
+    """Server optimizer (``fl_core.learn.strategy``); fields the chosen optimizer does not use are ignored."""
 
     optimizer: ServerOptName = ServerOptName.FEDAVG
     lr: float = 1.0

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fl_core.client import OptimizerName
+from fl_core.learn.client import OptimizerName
 from fl_core.config import (
     DPConfig,
     DPMode,
@@ -17,9 +17,9 @@ from fl_core.config import (
     dump_config,
     load_config,
 )
-from fl_core.data import DatasetName
+from fl_core.learn.data import DatasetName
 from fl_core.errors import ConfigFieldError
-from fl_core.strategy import make_server_optimizer
+from fl_core.learn.strategy import make_server_optimizer
 
 
 def _load(tmp_path, text, **kw):
@@ -194,7 +194,7 @@ def test_enums_in_config_are_the_library_enums(tmp_path):
 def test_sections_build_what_they_describe(tmp_path):
     import numpy as np
 
-    from fl_core.params import model_to_vector
+    from fl_core.learn.params import model_to_vector
 
     cfg = _load(tmp_path, "clients_per_round = 5\n[data]\nnum_clients = 7\npartition = 'shards'\n[model]\nhidden = 16\n")
     fds = cfg.data.load(rng=np.random.default_rng(0))

@@ -16,7 +16,7 @@ from secagg import client as client_mod, errors, wire
 from secagg.client import ClientParty
 from secagg.config import GraphKind
 from secagg.errors import AuthenticationError, RemoteProtocolError
-from secagg.faults import Envelope, run_round
+from secagg.tools.faults import Envelope, run_round
 from secagg.hazmat import kex
 from secagg.hazmat.sign import SigningKey
 from secagg.messages import (AdvertiseKeys, ConsistencySignature, ForwardedShares, KeysBroadcast, MaskedInput,

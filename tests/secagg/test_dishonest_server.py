@@ -21,7 +21,7 @@ from secagg.client import ClientParty, bound_share_key, mask_sign
 from secagg.config import GraphKind
 from secagg.errors import (AuthenticationError, ConfigError, InsufficientSharesError, RefusedRequestError,
                            UnexpectedMessageError)
-from secagg.faults import run_round
+from secagg.tools.faults import run_round
 from secagg.hazmat import aead, kex, prg, shamir
 from secagg.messages import (ConsistencyRequest, EncryptedShare, ForwardedShares, KeysBroadcast,
                              MaskedInput, PeerKeys, ShareKind, SignedBy, UnmaskRequest)

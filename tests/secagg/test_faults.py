@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from secagg import faults
+from secagg.tools import faults
 from secagg.client import ClientParty
 from secagg.errors import RemoteProtocolError
 from secagg.messages import ShareKind

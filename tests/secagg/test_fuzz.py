@@ -2,7 +2,7 @@
 typed errors come out, and a party that rejected a message still finishes the round exactly.
 
 The default suite runs few examples per test; the ``slow`` variants run many. The party tests step
-one real round (``secagg.faults.run_round``) and, at one chosen delivery, hand the receiving party a
+one real round (``secagg.tools.faults.run_round``) and, at one chosen delivery, hand the receiving party a
 hostile message first and then (if the hostile one was rejected) the genuine one. The judge is the
 round report: never a wrong sum, never an untyped error, and if the hostile message was rejected
 without aborting the party, the round ends exactly as a clean one (every client in the sum).
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from secagg import wire
 from secagg.config import GraphKind
 from secagg.errors import DecodeError, MalformedShareError, SecAggError
-from secagg.faults import Envelope, run_round
+from secagg.tools.faults import Envelope, run_round
 from secagg.hazmat import shamir
 from secagg.messages import (AdvertiseKeys, ConsistencyRequest, ConsistencySignature, EncryptedShare,
                              ForwardedShares, KeysBroadcast, MaskedInput, PeerKeys, RevealedShare,

@@ -3,7 +3,7 @@ one change. The trained weights never leave the node: only masked, noised words 
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
-from fl_core.integrations.flower import SecureClientApp
+from fl_core.secure.flower import SecureClientApp
 
 from digits_app import task
 

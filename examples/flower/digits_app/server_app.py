@@ -7,7 +7,7 @@ import time
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fl_core.integrations.flower import SecureFedAvg, SecureSettings
+from fl_core.secure.flower import SecureFedAvg, SecureSettings
 
 from digits_app import task
 

@@ -1,0 +1,207 @@
+"""One federated round's secure aggregation: encode the sampled clients' updates, run the secagg
+state machines with simulated dropouts, and decode the mean update the server may apply.
+
+Two encodings, both into secagg's words:
+
+- client-level DP (``DDGPlan``): each client clips, rotates, rounds and adds its share of discrete
+  Gaussian noise (``dp.distributed``); the mean is uniform over the survivors, as in DP-FedAvg,
+  so one client's influence stays bounded by the clip norm.
+- otherwise (no DP, or sample-level DP-SGD already applied on the client): L2 clip to a public
+  bound, weight by the client's example count over a public cap, fixed-point encode
+  (``secagg.encoding``) and append the raw example count as one more word. The server learns only
+  the sums: sum of weighted updates and total examples, never any client's count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dp.distributed import DDGPlan, decode_sum as ddg_decode_sum, encode_client as ddg_encode
+from dp.noise import NoiseGenerator
+from secagg import wire
+from secagg.config import GraphKind, RoundConfig
+from secagg.encoding import FixedPointEncoding, clip_l2
+from secagg.errors import ConfigError, OverflowRiskError
+from secagg.graph import choose_k_t
+from secagg.simulate import DropoutSchedule, ProtocolStage, Transcript, simulate
+
+from fl_core.errors import FLError
+
+
+class RoundAborted(FLError):
+    """The secure round aborted (too few survivors); the global model is left unchanged."""
+
+
+@dataclass(frozen=True)
+class SecureRoundSpec:
+    """Per-run secure-aggregation settings (public)."""
+
+    enabled: bool
+    graph: GraphKind
+    bits: int
+    min_survivors: int               # absolute: the sum always covers at least this many clients
+    k: int | None = None
+    threshold_fraction: float | None = None
+    corrupt: float = 0.05
+    dropout: Mapping[ProtocolStage, float] = field(default_factory=dict)
+    update_clip: float = 10.0
+    max_clients: int = 2             # most clients in one round (the overflow check's n)
+    example_cap: int = 1             # public bound on one client's example count (weights)
+
+
+@dataclass
+class RoundOutcome:
+    mean_update: np.ndarray
+    sampled: tuple[int, ...]
+    survivors: tuple[int, ...]
+    stage_survivors: dict[str, tuple[int, ...]]
+    k: int
+    threshold: int
+    digests: list[tuple[int, int, str]]   # (stage, client, sha256 hex) of every message the server got
+    seconds: float
+    upload_bytes_per_client: int
+    total_examples: int | None = None
+    messages: list[tuple[int, int, bytes]] | None = None  # the bytes themselves, with Transcript.FULL
+    aggregate: np.ndarray | None = None                   # the words the server unmasked (sum mod 2^bits)
+
+
+def rule_dropout(n: int, spec: SecureRoundSpec) -> float:
+    """The dropout fraction the SecAgg+ (k, t) rule is given for a round of n clients."""
+    p = min(0.9, sum(spec.dropout.values()))
+    return max(min(0.9, p + 3 * math.sqrt(p * (1 - p) / n) + (1 / n if p > 0 else 0)), 0.01)
+
+
+def graph_parameters(n: int, spec: SecureRoundSpec) -> tuple[GraphKind, int, int]:
+    """(graph, k, t) for a round of n clients: explicit values, else the SecAgg+ rule.
+
+    The rule counts at most ceil(dropout * n) dropouts; simulated dropouts are Bernoulli per
+    client, so the rule is given the rate plus three binomial standard deviations."""
+    if spec.graph is GraphKind.COMPLETE or n <= 3:
+        k = n - 1
+        t = math.ceil(spec.threshold_fraction * k) if spec.threshold_fraction else k // 2 + 1
+        return GraphKind.COMPLETE, k, max(1, min(t, k))
+    try:
+        k_auto, t_auto = choose_k_t(n, dropout=rule_dropout(n, spec), corrupt=spec.corrupt)
+    except ConfigError:
+        k_auto, t_auto = n - 1, (n - 1) // 2 + 1
+    k = min(spec.k if spec.k is not None else k_auto, n - 1)
+    if k < n - 1 and k % 2:
+        k -= 1
+    t = math.ceil(spec.threshold_fraction * k) if spec.threshold_fraction else min(t_auto, k)
+    kind = GraphKind.COMPLETE if k >= n - 1 else GraphKind.SPARSE
+    return kind, k, max(1, min(t, k))
+
+
+def dropout_schedule(ids, probs: Mapping[ProtocolStage, float], rng: np.random.Generator) -> DropoutSchedule:
+    """Each client still present drops before stage s with probability probs[s], independently."""
+    alive = set(ids)
+    before = {}
+    for s in ProtocolStage:
+        p = probs.get(s, 0.0)
+        if p <= 0 or not alive:
+            continue
+        order = sorted(alive)
+        gone = {u for u, r in zip(order, rng.random(len(order))) if r < p}
+        if gone:
+            before[s] = frozenset(gone)
+            alive -= gone
+    return DropoutSchedule(before)
+
+
+def seeded_randbytes(seed: bytes) -> Callable[[int], bytes]:
+    """A deterministic byte stream (SHA-256 counter mode) for reproducible test runs only."""
+    counter = [0]
+
+    def randbytes(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            out += hashlib.sha256(seed + counter[0].to_bytes(8, "big")).digest()
+            counter[0] += 1
+        return out[:n]
+    return randbytes
+
+
+def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], *, spec: SecureRoundSpec,
+                ddg: DDGPlan | None, round_seed: bytes, rng: np.random.Generator,
+                secure_randomness: bool, transcript: Transcript = Transcript.DIGEST,
+                on_inputs: Callable[[Mapping[int, np.ndarray]], None] | None = None) -> RoundOutcome:
+    """The mean update over the survivors of one secure round (uniform with DDG, else weighted
+    by example counts). Raises RoundAborted when the protocol aborts.
+
+    ``transcript=Transcript.FULL`` also returns the bytes of every message the server received
+    (``messages``; the audit keeps them). ``on_inputs`` is called with each client's encoded,
+    not yet masked words before the protocol runs (the audit's witness re-derivation)."""
+    ids = tuple(sorted(updates))
+    n = len(ids)
+    t0 = time.perf_counter()
+    dim = len(next(iter(updates.values())))
+    if n < spec.min_survivors:
+        raise RoundAborted(f"only {n} clients sampled, fewer than min_survivors={spec.min_survivors}")
+    randbytes = os.urandom if secure_randomness else seeded_randbytes(b"secagg" + round_seed)
+
+    if ddg is not None:
+        words = {}
+        for u in ids:
+            gen = NoiseGenerator(None if secure_randomness else hashlib.sha256(b"noise" + round_seed + u.to_bytes(8, "big")).digest())
+            words[u] = ddg_encode(updates[u], plan=ddg, rotation_seed=round_seed, gen=gen)
+        bits, vec_dim = ddg.bits, ddg.padded_dim
+    else:
+        bits = spec.bits
+        if spec.example_cap * spec.max_clients >= 1 << bits:
+            raise OverflowRiskError(f"the sum of example counts of n={spec.max_clients} clients, each up to "
+                                    f"{spec.example_cap}, could wrap 2^{bits}")
+        enc = FixedPointEncoding.for_sum(bits=bits, clip=spec.update_clip, max_clients=spec.max_clients)
+        words = {}
+        for u in ids:
+            if not 0 < examples[u] <= spec.example_cap:
+                raise ConfigError(f"client {u} has {examples[u]} examples, outside (0, example_cap={spec.example_cap}]")
+            weighted = clip_l2(updates[u], spec.update_clip) * (examples[u] / spec.example_cap)
+            w = enc.encode(weighted, rng=rng)
+            words[u] = np.concatenate([w, np.array([examples[u]], dtype=w.dtype)])
+        vec_dim = dim + 1
+
+    if not spec.enabled:  # plain sum, no protocol: for baselines only
+        survivors = ids
+        agg = np.zeros(vec_dim, dtype=wire.word_dtype(bits))
+        for u in ids:
+            agg += words[u]
+        if bits not in (32, 64):
+            agg &= agg.dtype.type((1 << bits) - 1)
+        stage_survivors, digests, k, t, up = {}, [], 0, 0, 0
+        messages = None
+    else:
+        kind, k, t = graph_parameters(n, spec)
+        session = randbytes(32)
+        cfg = RoundConfig(session_id=session, client_ids=ids, dim=vec_dim, bits=bits, threshold=t,
+                          min_survivors=spec.min_survivors, graph=kind, k=k if kind is GraphKind.SPARSE else None)
+        schedule = dropout_schedule(ids, spec.dropout, rng)
+        if on_inputs is not None:
+            on_inputs(words)
+        res = simulate(cfg, words, dropouts=schedule, transcript=transcript, randbytes=randbytes)
+        if res.aborted is not None:
+            raise RoundAborted(str(res.aborted))
+        survivors, agg, stage_survivors = res.survivors, res.aggregate, res.stage_survivors
+        messages = res.transcript if transcript is Transcript.FULL else None
+        digests = ([(s, u, hashlib.sha256(b).hexdigest()) for s, u, b in messages] if messages is not None
+                   else [(s, u, d.hex()) for s, u, d in res.transcript])
+        up = max(res.masked_input_bytes.values())
+
+    m = len(survivors)
+    total_examples = None
+    if ddg is not None:
+        mean = ddg_decode_sum(agg, plan=ddg, rotation_seed=round_seed) / m
+    else:
+        total_examples = int(agg[-1])
+        s = enc.decode_sum(agg[:-1], count=m)
+        mean = s * (spec.example_cap / total_examples)
+    return RoundOutcome(mean_update=mean.astype(np.float32), sampled=ids, survivors=tuple(survivors),
+                        stage_survivors=stage_survivors, k=k, threshold=t, digests=digests,
+                        seconds=time.perf_counter() - t0, upload_bytes_per_client=up,
+                        total_examples=total_examples, messages=messages, aggregate=agg)

@@ -1,0 +1,2 @@
+"""Tools, not the library: benchmarks, campaigns, demos and harnesses. Nothing in `secagg` imports
+them; each keeps its `python -m` command through a shim of the old module name."""
