@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 
-from fl_core.integrations import flower as ours  # noqa: E402
+from fl_core.secure import flower as ours  # noqa: E402
 from fl_core.tools.flower_grid import InProcessGrid  # noqa: E402
 from secagg.config import GraphKind, RoundConfig  # noqa: E402
 from secagg.graph import choose_k_t  # noqa: E402

@@ -98,10 +98,11 @@ class DataConfig:
     num_samples: int = 5000                     # mnist1d generator size
     synthetic_alpha: float = 1.0
     synthetic_beta: float = 1.0
+    loader: str | None = None                   # "module:function" returning a FederatedDataset
 
     def load(self, *, rng: np.random.Generator) -> FederatedDataset:
         """The federated dataset these fields describe (``fl_core.learn.data.load_federated``)."""
-        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "dataset"}
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("dataset", "loader")}
         return load_federated(self.dataset, rng=rng, **kw)
 
 
@@ -109,6 +110,7 @@ class DataConfig:
 class ModelConfig:
     name: ModelName = ModelName.MLP
     hidden: int = 64
+    factory: str | None = None  # "module:function" (or class) building the nn.Module with no arguments
 
     def build(self, *, in_features: int, num_classes: int = 10, seed: int | None = None) -> nn.Module:
         """``fl_core.learn.models.build_model`` with these fields."""
@@ -313,6 +315,9 @@ def _section_problems(cfg: RunConfig) -> _Problems:
     p.int_at_least("data.num_samples", d.num_samples, 50)
     p.number_in("data.synthetic_alpha", d.synthetic_alpha, 0, inf, hi_open=True)
     p.number_in("data.synthetic_beta", d.synthetic_beta, 0, inf, hi_open=True)
+    for path, v in (("data.loader", d.loader), ("model.factory", m.factory)):
+        if v is not None and (not isinstance(v, str) or v.count(":") != 1 or not all(v.split(":"))):
+            p.add(path, v, 'must be "module:function"')
     # model
     p.enum("model.name", m.name, ModelName)
     p.int_at_least("model.hidden", m.hidden, 1)

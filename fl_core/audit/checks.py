@@ -47,8 +47,8 @@ from secagg.graph import failure_bounds
 from secagg.messages import MaskedInput, ShareKind, UnmaskResponse
 from secagg.simulate import ProtocolStage
 
-from fl_core.run.canaries import (AUDIT_DIR, META, ClientCanaries, ExampleCanaries, gaussian_fit_estimate, one_run_audit,
-                       read_messages, read_trajectory)
+from dp.empirical import gaussian_fit_estimate, one_run_audit
+from fl_core.run.canaries import AUDIT_DIR, META, ClientCanaries, ExampleCanaries, read_messages, read_trajectory
 from fl_core.config import DPMode, RunConfig, load_config
 from fl_core.errors import FLError
 
@@ -274,15 +274,16 @@ def _witness(run: _Run, rounds: list[int], log) -> dict | str:
     """Re-run the first rounds from the seed and capture each client's encoded input before
     masking: ``{round: {client: words}}``, or why it cannot be done."""
     from fl_core.run.loop import run as run_fl
+    from fl_core.run.observer import StopRun, Witness
 
     if run.cfg.secure_randomness:
         return "secure_randomness = true: the clients' inputs cannot be re-derived (no witness)"
-    captured: dict[int, dict[int, np.ndarray]] = {}
+    witness = Witness(max(rounds))
+    captured = witness.inputs
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            run_fl(run.cfg, tmp, progress=False, log=lambda m: None, crash_after_release=max(rounds),
-                   witness=captured)
-        except SystemExit:
+            run_fl(run.cfg, tmp, progress=False, log=lambda m: None, observer=witness)
+        except StopRun:
             pass
         except (SecAggError, OSError, RuntimeError) as e:
             return f"the re-run failed: {e}"
@@ -443,10 +444,10 @@ def _example_canaries(run: _Run, delta: float) -> dict | None:
         return None
     from fl_core.learn.data import as_tensors
     from fl_core.learn.params import vector_to_model
-    from fl_core.run.loop import _build
+    from fl_core.run.setup import build_data_and_model
 
     cfg = run.cfg
-    data, model = _build(cfg, None)
+    data, model = build_data_and_model(cfg, None)
     canaries = ExampleCanaries(seed=bytes.fromhex(run.meta["canary_seed"]), count=info["count"],
                                num_clients=info["num_clients"])
     trains = [as_tensors(c.train) for c in data.clients]

@@ -5,34 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from dp.accounting import Accountant, AccountantKind
-from dp.events import UnitOfPrivacy
-
 from fl_core.config import DPMode, RunConfig
-
-
-def _epsilons(events_owner, delta: float, unit: UnitOfPrivacy) -> dict:
-    """ε at δ under both accountants for the composed history of one tracker."""
-    history = events_owner.accountant.history
-    out = {}
-    for kind in (AccountantKind.RDP, AccountantKind.PRV):
-        acc = Accountant(kind, unit=unit)
-        for event in history:
-            acc.compose(event)
-        if not history:
-            out[kind.value] = 0.0
-            continue
-        res = acc.get_privacy_spent(delta)
-        out[kind.value] = res.epsilon
-        if res.note:
-            out[f"{kind.value}_note"] = res.note
-    out["tightest"] = min(v for k, v in out.items() if k in ("rdp", "prv"))
-    return out
+from fl_core.run import rundir
 
 
 def _local_training(cfg: RunConfig) -> dict:
@@ -48,6 +27,7 @@ def _local_training(cfg: RunConfig) -> dict:
 
 
 def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
+    """privacy.json: what every run states, then what its privacy plan (``fl_core.run.privacy``) adds."""
     dp = cfg.dp
     rec: dict = {
         "mode": dp.mode.value,
@@ -65,68 +45,10 @@ def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
         },
         "mechanisms": [],
     }
-    if privacy.mode is DPMode.NONE:
-        rec["guarantee"] = "none: no differential privacy in this run (secure aggregation only)"
-        return rec
-    if privacy.mode is DPMode.CLIENT:
-        plan = privacy.ddg
-        eps = _epsilons(privacy.tracker, dp.delta, UnitOfPrivacy.CLIENT)
-        survivors = [m["survivors"] for m in metrics if m["survivors"]]
-        rec["secure_aggregation"]["min_survivors"] = plan.config.min_survivors
-        rec["mechanisms"].append({
-            "name": "distributed discrete Gaussian (Kairouz, Liu, Steinke, ICML 2021)",
-            "unit_of_privacy": "client",
-            "parameters": {
-                "l2_clip": plan.config.l2_clip, "bits": plan.bits, "modulus": plan.modulus,
-                "rotation": "randomized Hadamard, public per-round seed", "padded_dim": plan.padded_dim,
-                "gamma": plan.gamma, "beta": plan.config.beta, "client_sigma_integer_units": plan.client_sigma,
-                "central_noise_std": plan.central_sigma, "l2_sensitivity_integer_units": plan.l2_sensitivity,
-                "calibrated_for_survivors": plan.config.min_survivors,
-                "client_sampling_rate_accounted": privacy.accounting_rate,
-                "sampling": ("Poisson" if cfg.sampling_rate is not None
-                             else "fixed-size cohort, accounted without amplification"),
-                "releases_charged": sum(e.count for e in privacy.tracker.accountant.history),
-            },
-            "epsilon": eps, "delta": dp.delta,
-            "dropouts": {
-                "calibration_assumed_survivors": plan.config.min_survivors,
-                "fewest_survivors_seen": min(survivors) if survivors else None,
-                "noise_std_at_fewest": plan.noise_std(min(survivors)) if survivors else None,
-                "note": "noise per client is calibrated for min_survivors; more survivors only add noise",
-            },
-        })
-        rec["epsilon"], rec["delta"], rec["unit_of_privacy"] = eps["tightest"], dp.delta, "client"
-        rec["budget_epsilon"] = privacy.tracker.budget.epsilon if privacy.tracker.budget.epsilon < 1e9 else None
-    else:
-        per = {}
-        # RDP for every client (fast); both accountants for the 3 clients with the largest RDP
-        # epsilon, where the worst case lives (PRV takes seconds per history).
-        for u in privacy.per_client:
-            rdp = privacy.per_client.tracker(u).accountant
-            acc = Accountant(AccountantKind.RDP, unit=UnitOfPrivacy.EXAMPLE)
-            for event in rdp.history:
-                acc.compose(event)
-            per[u] = {"rdp": acc.get_epsilon(dp.delta) if rdp.history else 0.0}
-        for u in sorted(per, key=lambda k: -per[k]["rdp"])[:3]:
-            per[u] = _epsilons(privacy.per_client.tracker(u), dp.delta, UnitOfPrivacy.EXAMPLE)
-        per = {str(u): v for u, v in per.items()}
-        worst = max((v.get("tightest", v["rdp"]) for v in per.values()), default=0.0)
-        rec["mechanisms"].append({
-            "name": ("DP-SGD (Abadi et al., CCS 2016) via Opacus, per client" if cfg.local.backend.value == "opacus"
-                     else "DP-SGD (Abadi et al., CCS 2016) per client, vectorized over the cohort (fl_core.learn.cohort) "
-                     "with Opacus' semantics"),
-            "unit_of_privacy": "example",
-            "parameters": {"max_grad_norm": dp.l2_clip, "noise_multiplier": privacy.noise_multiplier,
-                           "batch_size": cfg.local.batch_size, "local_epochs": cfg.local.epochs,
-                           "local_steps": cfg.local.steps, "grad_sample_mode": dp.grad_sample_mode.value,
-                           "planned_visits_per_client": privacy.planned_visits},
-            "epsilon_worst_client": worst, "delta": dp.delta,
-            "epsilon_per_client": per,
-        })
-        rec["epsilon"], rec["delta"], rec["unit_of_privacy"] = worst, dp.delta, "example"
-        budget = privacy.per_client.budget.epsilon
-        rec["budget_epsilon"] = budget if budget < 1e9 else None
-    rec["accountant_used_for_budget"] = dp.accountant.value
+    own = privacy.describe(metrics)
+    rec["secure_aggregation"].update(own.pop("secure_aggregation", {}))
+    rec["mechanisms"].extend(own.pop("mechanisms", []))
+    rec.update(own)
     return rec
 
 
@@ -151,22 +73,35 @@ def plot(metrics: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(cfg, out: Path, *, model, data, metrics, privacy, personalization, stopped_by_budget, log):
-    from fl_core.run.loop import RunSummary
+@dataclass
+class RunSummary:
+    """What ``fl_core.run`` returns: where the run is, how far it got and the privacy it spent."""
 
-    torch.save(model.state_dict(), out / "model.pt")
+    out_dir: Path
+    rounds_run: int
+    final_accuracy: float
+    epsilon: float | None
+    delta: float | None
+    unit: str | None
+    stopped_by_budget: bool
+    metrics: list[dict]
+
+
+def write_outputs(cfg, out: Path, *, model, data, metrics, privacy, personalization, stopped_by_budget,
+                  log) -> RunSummary:
+    torch.save(model.state_dict(), out / rundir.MODEL)
     rec = privacy_record(cfg, privacy, metrics)
     if personalization is not None:
         rec_p = personalization.as_dict()
-        (out / "personalization.json").write_text(json.dumps(rec_p, indent=1) + "\n")
-    (out / "privacy.json").write_text(json.dumps(rec, indent=1, default=float) + "\n")
+        (out / rundir.PERSONALIZATION).write_text(json.dumps(rec_p, indent=1) + "\n")
+    (out / rundir.PRIVACY).write_text(json.dumps(rec, indent=1, default=float) + "\n")
     if metrics:
-        plot(metrics, out / "plots.png")
+        plot(metrics, out / rundir.PLOTS)
     final_acc = metrics[-1]["accuracy"] if metrics else float("nan")
     summary = RunSummary(out_dir=out, rounds_run=len(metrics), final_accuracy=final_acc,
                          epsilon=rec.get("epsilon"), delta=rec.get("delta"), unit=rec.get("unit_of_privacy"),
                          stopped_by_budget=stopped_by_budget, metrics=metrics)
-    (out / "summary.json").write_text(json.dumps({
+    (out / rundir.SUMMARY).write_text(json.dumps({
         "rounds_run": summary.rounds_run, "final_accuracy": final_acc, "epsilon": summary.epsilon,
         "delta": summary.delta, "unit_of_privacy": summary.unit, "stopped_by_budget": stopped_by_budget,
         "personalization": None if personalization is None else {

@@ -21,6 +21,7 @@ from fl_core.run.canaries import AUDIT_DIR, read_messages, read_trajectory, writ
 from fl_core.cli import main as cli_main
 from fl_core.config import config_from_dict
 from fl_core.run.loop import run
+from fl_core.run.observer import StopAfterRelease, StopRun
 from secagg import wire
 from secagg.messages import MaskedInput, UnmaskResponse
 
@@ -325,8 +326,8 @@ def test_sample_level_one_run_audit(tmp_path):
 
 def test_resumed_run_keeps_a_consistent_record(tmp_path):
     cfg = cfg_of(TINY, rounds=3)
-    with pytest.raises(SystemExit):
-        run(cfg, tmp_path, crash_after_release=1, **QUIET)
+    with pytest.raises(StopRun):
+        run(cfg, tmp_path, observer=StopAfterRelease(1), **QUIET)
     run(cfg, tmp_path, resume=True, **QUIET)
     meta = json.loads((tmp_path / AUDIT_DIR / "meta.json").read_text())
     assert read_trajectory(tmp_path, meta["dim"]).shape[0] == 4

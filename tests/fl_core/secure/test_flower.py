@@ -309,7 +309,8 @@ def test_encode_input_checks_shapes_and_counts():
 @pytest.fixture
 def flwr_mods():
     pytest.importorskip("flwr", minversion="1.42")
-    from fl_core.integrations import flower, inprocess
+    from fl_core.secure import flower
+    from fl_core.tools import flower_grid as inprocess
     return flower, inprocess
 
 
