@@ -303,22 +303,34 @@ class ServerParty:
         else:  # lexicographic order would spend every try on subsets holding one low-x forged share
             rng = random.Random(hashlib.sha256(self.config.session_id + struct.pack(">IB", owner, kind)).digest())
             subsets = (rng.sample(shares, t) for _ in range(MAX_SUBSET_TRIES))
+        # A subset holding forged shares can still interpolate to the authentic secret (forged
+        # deltas that cancel at x = 0), so of the subsets that pass the check the one whose
+        # polynomial carries the most shares wins (the true one carries every honest share; a wrong
+        # one meets it in at most t - 2 points besides x = 0). Only forged rounds pay for the scan.
+        best: tuple[int, bytes, set[int]] | None = None
         for subset in subsets:
             try:
                 secret = shamir.reconstruct(list(subset), threshold=t)
             except ShamirError:
                 continue
-            if check(secret):
-                good = {s.x for s in subset}
-                bad = set()
-                for s in shares:  # a share is forged if it is off the polynomial through the good ones
-                    if s.x in good:
-                        continue
-                    try:
-                        shamir.reconstruct(list(subset) + [s], threshold=t)
-                    except ShamirError:
-                        bad.add(s.x - 1)
-                return secret, bad
+            if not check(secret):
+                continue
+            good = {s.x for s in subset}
+            bad = set()
+            for s in shares:  # a share is forged if it is off the polynomial through the subset
+                if s.x in good:
+                    continue
+                try:
+                    shamir.reconstruct(list(subset) + [s], threshold=t)
+                except ShamirError:
+                    bad.add(s.x - 1)
+            on = len(shares) - len(bad)
+            if best is None or on > best[0]:
+                best = (on, secret, bad)
+            if not bad:
+                break
+        if best is not None:
+            return best[1], best[2]
         raise AbortedError(f"the shares of client {owner}'s {kind.name} are forged or inconsistent and no "
                            f"authentic subset was found; the round is aborted")
 
