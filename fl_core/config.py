@@ -152,6 +152,19 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class AdaptiveClipSection:
+    """``[dp.adaptive_clip]``: Andrew et al. (NeurIPS 2021) quantile clipping, client mode only.
+    The clip starts at ``dp.l2_clip`` and moves geometrically (step ``learning_rate``) toward the
+    ``target_quantile`` of the update norms; each client's clipped-or-not bit rides in the secure
+    sum, with noise std ``bit_noise`` clients on the count (default: expected clients / 20)."""
+
+    enabled: bool = False
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    bit_noise: float | None = None
+
+
+@dataclass(frozen=True)
 class DPConfig:
     """Differential privacy. ``target_epsilon``: calibrate the noise so the planned rounds spend
     it; or give ``noise_multiplier`` directly. ``epsilon_budget``: stop before a round would
@@ -170,6 +183,9 @@ class DPConfig:
     bits: int | None = None
     accountant: AccountantKind = AccountantKind.RDP
     grad_sample_mode: GradSampleMode = GradSampleMode.HOOKS
+    # client mode: reveal and subtract the survivors' excess noise shares (Dordis, EuroSys 2024)
+    excess_noise: bool = True
+    adaptive_clip: AdaptiveClipSection = field(default_factory=AdaptiveClipSection)
 
 
 @dataclass(frozen=True)
@@ -432,6 +448,15 @@ def _cross_problems(cfg: RunConfig, p: _Problems) -> None:
     if ok("local.optimizer", "local.momentum") and lc.optimizer is OptimizerName.ADAM and lc.momentum:
         p.add("local.momentum", lc.momentum, "Adam has no momentum option: use 0 (the default with SGD is 0.9)")
     # dp
+    ac = dp.adaptive_clip
+    if ac.enabled is True and dp.mode is not DPMode.CLIENT:
+        p.add("dp.adaptive_clip.enabled", ac.enabled, "adaptive clipping runs inside client-level DP "
+              "(dp.mode = 'client')")
+    if ac.enabled is True:
+        p.number_in("dp.adaptive_clip.target_quantile", ac.target_quantile, 0, 1, lo_open=True, hi_open=True)
+        p.number_in("dp.adaptive_clip.learning_rate", ac.learning_rate, 0, 10, lo_open=True)
+        if ac.bit_noise is not None:
+            p.number_in("dp.adaptive_clip.bit_noise", ac.bit_noise, 0, 1e9, lo_open=True)
     if dp.mode is not DPMode.NONE:
         if ok("dp.target_epsilon", "dp.epsilon_budget") and dp.target_epsilon is not None \
                 and dp.epsilon_budget is not None and dp.target_epsilon > dp.epsilon_budget:

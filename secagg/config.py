@@ -47,6 +47,10 @@ class RoundConfig:
     server does not control (``graph.beacon_seed``, ``graph.chain_seed``); None: the session id.
     ``insecure_weak_threshold`` allows t = 1 and active mode without 2t > k + c: tests only.
     Every field goes into ``round_digest``, which each client computes from its own copy.
+    ``excess_noise`` makes every client
+    secret-share a noise seed beside b_u; the survivors ``secagg.excess.excess_owners`` names get
+    those seeds revealed in stage 4 (``RoundResult.noise_seeds``), so a DP layer can subtract the
+    excess noise (Dordis, EuroSys 2024).
     """
 
     session_id: bytes
@@ -61,6 +65,7 @@ class RoundConfig:
     max_corrupt_neighbours: int = 0
     graph_seed: bytes | None = None
     insecure_weak_threshold: bool = False
+    excess_noise: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -80,6 +85,8 @@ class RoundConfig:
             problems.append(f"dim must be a positive int, got {self.dim!r}")
         if not isinstance(self.bits, int) or not 1 <= self.bits <= 62:
             problems.append(f"bits must be an int in [1, 62], got {self.bits!r}")
+        if not isinstance(self.excess_noise, bool):
+            problems.append(f"excess_noise must be a bool, got {self.excess_noise!r}")
         if not isinstance(self.graph, GraphKind):
             problems.append(f"graph must be a GraphKind, got {self.graph!r}")
         if self.graph_seed is not None and (not isinstance(self.graph_seed, (bytes, bytearray))
@@ -136,13 +143,13 @@ class RoundConfig:
             graph: GraphKind = GraphKind.COMPLETE, k: int | None = None,
             verify_keys: Mapping[int, bytes] | None = None, session_id: bytes | None = None,
             max_corrupt_neighbours: int = 0, graph_seed: bytes | None = None,
-            insecure_weak_threshold: bool = False) -> "RoundConfig":
+            insecure_weak_threshold: bool = False, excess_noise: bool = False) -> "RoundConfig":
         """A configuration with a fresh random session id (or the one given)."""
         return cls(session_id=os.urandom(SESSION_ID_BYTES) if session_id is None else session_id,
                    client_ids=tuple(client_ids), dim=dim, bits=bits, threshold=threshold,
                    min_survivors=min_survivors, graph=graph, k=k, verify_keys=verify_keys,
                    max_corrupt_neighbours=max_corrupt_neighbours, graph_seed=graph_seed,
-                   insecure_weak_threshold=insecure_weak_threshold)
+                   insecure_weak_threshold=insecure_weak_threshold, excess_noise=excess_noise)
 
     @property
     def n(self) -> int:
@@ -194,7 +201,7 @@ def round_digest_encoding(cfg: RoundConfig) -> bytes:
            struct.pack(">IBII", cfg.dim, cfg.bits, cfg.threshold, cfg.k),
            bytes([_GRAPH_CODE[cfg.graph]]), cfg.effective_graph_seed,
            struct.pack(">I", cfg.min_survivors), bytes([_MODE_CODE[cfg.mode]]),
-           struct.pack(">IB", cfg.max_corrupt_neighbours, int(cfg.insecure_weak_threshold))]
+           struct.pack(">IBB", cfg.max_corrupt_neighbours, int(cfg.insecure_weak_threshold), int(cfg.excess_noise))]
     if cfg.mode is Mode.ACTIVE:
         out.append(verify_keys_digest(cfg.verify_keys))
     return b"".join(out)

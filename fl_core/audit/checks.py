@@ -323,10 +323,10 @@ def _server_view(run: _Run, *, use_witness: bool, log) -> dict:
             elif isinstance(msg, UnmaskResponse):
                 for sh in msg.shares:
                     revealed[sh.owner].add(int(sh.kind))
-        both = sorted(v for v, kinds in revealed.items() if len(kinds) > 1)
-        wrong_kind = sorted(v for v, kinds in revealed.items()  # survivors: only b-shares; dropped: only key shares
-                            if (ShareKind.MASK_KEY in kinds and v in masked)
-                            or (ShareKind.SELF_MASK in kinds and v not in masked))
+        both = sorted(v for v, kinds in revealed.items() if {ShareKind.SELF_MASK, ShareKind.MASK_KEY} <= kinds)
+        wrong_kind = sorted(v for v, kinds in revealed.items()  # survivors: b (and excess noise seed) shares;
+                            if (ShareKind.MASK_KEY in kinds and v in masked)  # dropped: only key shares
+                            or (kinds & {ShareKind.SELF_MASK, ShareKind.NOISE_SEED} and v not in masked))
         row["clients_with_both_secrets_revealed"] = both
         row["clients_with_wrong_secret_revealed"] = wrong_kind
         reveal_ok &= not both and not wrong_kind
@@ -369,7 +369,8 @@ def _server_view(run: _Run, *, use_witness: bool, log) -> dict:
                  "(Bonferroni over the two), Holm over all inputs at family-wise alpha"),
     }
     checks["no_double_reveal"] = {"ok": reveal_ok, "test": ("no client had shares of both its self-mask seed and "
-                                  "its mask key revealed; survivors only b-shares, dropped clients only key shares")}
+                                  "its mask key revealed; survivors only b-shares (and, when excess, noise-seed "
+                                  "shares), dropped clients only key shares")}
     if isinstance(witness, dict):
         out["witness"] = {"ok": bool(witness_ok), "test": ("re-running the recorded rounds from the seed gives "
                           "inputs whose sum mod 2^bits is the aggregate the server unmasked")}

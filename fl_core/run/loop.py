@@ -99,6 +99,7 @@ class _Trainer:
                                 example_cap=int(self.sizes.max()))
         self.personal_params: dict[int, dict[str, torch.Tensor]] = {}
         self.metrics: list[dict] = []
+        self.round_privacy: dict = {}  # the privacy plan's metrics of the round just released
         self.start = 0
         self.stopped_by_budget = False
         self.resolved = dump_config(cfg)
@@ -212,12 +213,14 @@ class _Trainer:
         try:
             if len(sampled) < 2:
                 raise RoundAborted(f"{len(sampled)} clients sampled")
-            outcome = secure_mean(updates, examples, spec=self.spec, ddg=self.privacy.ddg,
-                                  round_seed=derive_seed(cfg.seed, "public-round-seed", r), rng=rng,
-                                  secure_randomness=cfg.secure_randomness, transcript=self.recorder.transcript(r),
+            outcome = secure_mean(self.privacy.encode_updates(updates), examples, spec=self.spec,
+                                  ddg=self.privacy.ddg, round_seed=derive_seed(cfg.seed, "public-round-seed", r),
+                                  rng=rng, secure_randomness=cfg.secure_randomness,
+                                  transcript=self.recorder.transcript(r), excess_noise=self.privacy.excess_noise,
                                   on_inputs=lambda words: self.observer.on_inputs(r, words))
         except RoundAborted as e:
             aborted = str(e)
+        self.round_privacy = {} if outcome is None else self.privacy.released(outcome)
         self.privacy.charge(sampled, events)  # charged whether or not the round aborted
         self.observer.after_release(r)
         return outcome, aborted
@@ -259,7 +262,7 @@ class _Trainer:
              "loss": float(np.mean([losses[u] for u in sampled])) if sampled else float("nan"),
              "test_loss": test_loss, "accuracy": acc, "epsilon": eps,
              "delta": cfg.dp.delta if eps is not None else None, "refused_by_budget": len(refused),
-             "aborted": aborted, "seconds": None}
+             "aborted": aborted, "seconds": None, **self.round_privacy}
         if outcome is not None:
             m.update({"k": outcome.k, "threshold": outcome.threshold,
                       "upload_bytes_per_client": outcome.upload_bytes_per_client,

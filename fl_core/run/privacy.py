@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from dp import adaptive_clip, xnoise
 from dp.accounting import Accountant, AccountantKind
 from dp.budget import BudgetTracker, PerClientBudgets, PrivacyBudget
 from dp.calibration import calibrate_noise_multiplier
@@ -76,6 +77,17 @@ class PrivacyPlan:
         """DP-SGD's noise multiplier (sample level only): local training runs DP-SGD when set."""
         return None
 
+    #: Whether secure aggregation reveals and subtracts the excess noise shares (client level only).
+    excess_noise: bool = False
+
+    def encode_updates(self, updates: dict) -> dict:
+        """What each client feeds into secure aggregation (adaptive clipping appends its bit)."""
+        return updates
+
+    def released(self, outcome) -> dict:
+        """Called with the round's outcome before ``charge``: post-process it in place, return metrics."""
+        return {}
+
     def ledger_fields(self, sampled: Sequence[int], events: Mapping[int, object]) -> dict:
         """What the ledger must hold to re-charge this round's release after a crash."""
         return {}
@@ -122,14 +134,57 @@ class ClientLevelDP(PrivacyPlan):
         common = dict(l2_clip=dp.l2_clip, bits=dp.bits or cfg.secagg.bits, dim=dim, num_clients=max_clients,
                       min_survivors=min_survivors, rounds=cfg.rounds, sampling_rate=q)
         if dp.noise_multiplier is not None:
-            self.ddg = DDGConfig(noise_multiplier=dp.noise_multiplier, **common).plan()
+            base = DDGConfig(noise_multiplier=dp.noise_multiplier, **common)
         else:
-            self.ddg = DDGConfig(epsilon=dp.target_epsilon, delta=dp.delta, **common).plan()
+            base = DDGConfig(epsilon=dp.target_epsilon, delta=dp.delta, **common)
+        self.clip: adaptive_clip.ClipTracker | None = None
+        self.clip_beta: float | None = None
+        if dp.adaptive_clip.enabled:
+            self._plan_adaptive_clip(base)
+        else:
+            self.ddg = base.plan()
+        self.excess_noise = bool(dp.excess_noise)
+        self._charge_next = None  # the event of the noise left in this round's release
         self.round_event = PoissonSampledEvent(q, self.ddg.event) if q < 1 else self.ddg.event
         self.accounting_rate = q
         budget = dp.epsilon_budget if dp.epsilon_budget is not None else dp.target_epsilon
         self.tracker = BudgetTracker(PrivacyBudget(budget if budget is not None else UNBOUNDED, dp.delta,
                                                    unit=UnitOfPrivacy.CLIENT), accountant=self.kind)
+
+    def _plan_adaptive_clip(self, base: DDGConfig) -> None:
+        """Andrew et al. 2021 inside the DDG: updates normalized by the clip, the bit appended."""
+        ac = self.cfg.dp.adaptive_clip
+        bit_noise = ac.bit_noise or self.cfg.expected_clients_per_round() / 20
+        clip_cfg = adaptive_clip.AdaptiveClipConfig(
+            initial_clip=self.cfg.dp.l2_clip, target_quantile=ac.target_quantile,
+            learning_rate=ac.learning_rate, bit_noise=bit_noise)
+        planned = adaptive_clip.plan_ddg(base, clip_cfg)
+        self.ddg, self.clip_beta, self.bit_noise = planned.plan, planned.beta, planned.bit_noise
+        self.clip = adaptive_clip.ClipTracker(clip_cfg)
+
+    def encode_updates(self, updates: dict) -> dict:
+        if self.clip is None:
+            return updates
+        return {u: adaptive_clip.client_vector(v, clip=self.clip.clip, beta=self.clip_beta)
+                for u, v in updates.items()}
+
+    def released(self, outcome) -> dict:
+        """The event of the noise the release actually carries (charged next); with adaptive
+        clipping, the bit split off the mean and the clip moved."""
+        out: dict = {}
+        if self.excess_noise:
+            left = xnoise.noise_left(self.ddg, survivors=len(outcome.survivors), removed=outcome.noise_removed)
+            q = self.accounting_rate
+            self._charge_next = PoissonSampledEvent(q, left.event) if q < 1 else left.event
+            out["noise_shares_left"] = left.kept
+        if self.clip is not None:
+            s = len(outcome.survivors)
+            total, fraction = adaptive_clip.split_sum(outcome.mean_update.astype(np.float64) * s,
+                                                      clip=self.clip.clip, beta=self.clip_beta, survivors=s)
+            outcome.mean_update = (total / s).astype(np.float32)
+            out.update(clip=self.clip.clip, unclipped_fraction=fraction)
+            self.clip.update(fraction)
+        return out
 
     def stop_reason(self) -> str | None:
         try:
@@ -142,7 +197,8 @@ class ClientLevelDP(PrivacyPlan):
         return {"event": self.round_event.to_dict()}
 
     def charge(self, sampled, events) -> None:
-        self.tracker.spend(self.round_event)
+        event, self._charge_next = self._charge_next or self.round_event, None
+        self.tracker.spend(event)
 
     def recharge(self, record, log) -> None:
         if "event" in record:
@@ -177,8 +233,20 @@ class ClientLevelDP(PrivacyPlan):
                 "fewest_survivors_seen": min(survivors) if survivors else None,
                 "noise_std_at_fewest": plan.noise_std(min(survivors)) if survivors else None,
                 "note": "noise per client is calibrated for min_survivors; more survivors only add noise",
+                "excess_noise_removal": (
+                    "on: the noise shares of survivors beyond min_survivors are revealed and subtracted "
+                    "(Dordis, EuroSys 2024); each release is charged for the shares left"
+                    if self.excess_noise else "off"),
             },
         }
+        if self.clip is not None:
+            ac = dp.adaptive_clip
+            mechanism["adaptive_clip"] = {
+                "method": "Andrew, Thakkar, McMahan, Ramaswamy (NeurIPS 2021), bit inside the secure sum",
+                "initial_clip": dp.l2_clip, "target_quantile": ac.target_quantile,
+                "learning_rate": ac.learning_rate, "bit_weight": self.clip_beta,
+                "bit_noise_std_clients": self.bit_noise, "final_clip": self.clip.clip,
+                "note": "updates are sent as [update / clip, bit]; l2_clip above is that vector's bound"}
         budget = self.tracker.budget.epsilon
         return {"mechanisms": [mechanism], "epsilon": eps["tightest"], "delta": dp.delta, "unit_of_privacy": "client",
                 "budget_epsilon": budget if budget < UNBOUNDED else None,
@@ -186,10 +254,15 @@ class ClientLevelDP(PrivacyPlan):
                 "secure_aggregation": {"min_survivors": plan.config.min_survivors}}
 
     def state_dict(self) -> dict:
-        return {"tracker": self.tracker.state_dict()}
+        state = {"tracker": self.tracker.state_dict()}
+        if self.clip is not None:
+            state["clip"] = self.clip.clip
+        return state
 
     def load_state_dict(self, state) -> None:
         self.tracker.load_state_dict(state["tracker"])
+        if self.clip is not None:
+            self.clip.clip = float(state["clip"])
 
 
 class SampleLevelDP(PrivacyPlan):

@@ -5,7 +5,9 @@ Two encodings, both into secagg's words:
 
 - client-level DP (``DDGPlan``): each client clips, rotates, rounds and adds its share of discrete
   Gaussian noise (``dp.distributed``); the mean is uniform over the survivors, as in DP-FedAvg,
-  so one client's influence stays bounded by the clip norm.
+  so one client's influence stays bounded by the clip norm. With ``excess_noise`` the share is
+  drawn from a seed the client secret-shares in the round; the server subtracts the excess
+  survivors' shares (``dp.xnoise``), so the sum carries min_survivors shares, not one per survivor.
 - otherwise (no DP, or sample-level DP-SGD already applied on the client): L2 clip to a public
   bound, weight by the client's example count over a public cap, fixed-point encode
   (``secagg.encoding``) and append the raw example count as one more word. The server learns only
@@ -25,6 +27,8 @@ import numpy as np
 
 from dp.distributed import DDGPlan, decode_sum as ddg_decode_sum, encode_client as ddg_encode
 from dp.noise import NoiseGenerator
+from dp import xnoise
+from secagg.excess import excess_owners
 from secagg import wire
 from secagg.config import GraphKind, RoundConfig
 from secagg.encoding import FixedPointEncoding, clip_l2
@@ -70,6 +74,7 @@ class RoundOutcome:
     total_examples: int | None = None
     messages: list[tuple[int, int, bytes]] | None = None  # the bytes themselves, with Transcript.FULL
     aggregate: np.ndarray | None = None                   # the words the server unmasked (sum mod 2^bits)
+    noise_removed: int = 0                                # excess noise shares subtracted (dp.xnoise)
 
 
 def rule_dropout(n: int, spec: SecureRoundSpec) -> float:
@@ -133,7 +138,8 @@ def seeded_randbytes(seed: bytes) -> Callable[[int], bytes]:
 def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], *, spec: SecureRoundSpec,
                 ddg: DDGPlan | None, round_seed: bytes, rng: np.random.Generator,
                 secure_randomness: bool, transcript: Transcript = Transcript.DIGEST,
-                on_inputs: Callable[[Mapping[int, np.ndarray]], None] | None = None) -> RoundOutcome:
+                on_inputs: Callable[[Mapping[int, np.ndarray]], None] | None = None,
+                excess_noise: bool = False) -> RoundOutcome:
     """The mean update over the survivors of one secure round (uniform with DDG, else weighted
     by example counts). Raises RoundAborted when the protocol aborts.
 
@@ -148,11 +154,20 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
         raise RoundAborted(f"only {n} clients sampled, fewer than min_survivors={spec.min_survivors}")
     randbytes = os.urandom if secure_randomness else seeded_randbytes(b"secagg" + round_seed)
 
+    excess_noise = excess_noise and ddg is not None
+    noise_seeds = None
+    if excess_noise:  # a stream of their own: the protocol's randomness stays as it was
+        noise_seeds = {u: os.urandom(32) if secure_randomness else
+                       hashlib.sha256(b"xnoise" + round_seed + u.to_bytes(8, "big")).digest() for u in ids}
     if ddg is not None:
         words = {}
         for u in ids:
             gen = NoiseGenerator(None if secure_randomness else hashlib.sha256(b"noise" + round_seed + u.to_bytes(8, "big")).digest())
-            words[u] = ddg_encode(updates[u], plan=ddg, rotation_seed=round_seed, gen=gen)
+            if excess_noise:
+                words[u] = xnoise.encode_client(updates[u], plan=ddg, rotation_seed=round_seed,
+                                                noise_seed=noise_seeds[u], gen=gen)
+            else:
+                words[u] = ddg_encode(updates[u], plan=ddg, rotation_seed=round_seed, gen=gen)
         bits, vec_dim = ddg.bits, ddg.padded_dim
     else:
         bits = spec.bits
@@ -178,15 +193,19 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
             agg &= agg.dtype.type((1 << bits) - 1)
         stage_survivors, digests, k, t, up = {}, [], 0, 0, 0
         messages = None
+        revealed = ({u: noise_seeds[u] for u in excess_owners(ids, min_survivors=spec.min_survivors)}
+                    if excess_noise else {})
     else:
         kind, k, t = graph_parameters(n, spec)
         session = randbytes(32)
         cfg = RoundConfig(session_id=session, client_ids=ids, dim=vec_dim, bits=bits, threshold=t,
-                          min_survivors=spec.min_survivors, graph=kind, k=k if kind is GraphKind.SPARSE else None)
+                          min_survivors=spec.min_survivors, graph=kind, k=k if kind is GraphKind.SPARSE else None,
+                          excess_noise=excess_noise)
         schedule = dropout_schedule(ids, spec.dropout, rng)
         if on_inputs is not None:
             on_inputs(words)
-        res = simulate(cfg, words, dropouts=schedule, transcript=transcript, randbytes=randbytes)
+        res = simulate(cfg, words, dropouts=schedule, transcript=transcript, randbytes=randbytes,
+                       noise_seeds=noise_seeds)
         if res.aborted is not None:
             raise RoundAborted(str(res.aborted))
         survivors, agg, stage_survivors = res.survivors, res.aggregate, res.stage_survivors
@@ -194,11 +213,13 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
         digests = ([(s, u, hashlib.sha256(b).hexdigest()) for s, u, b in messages] if messages is not None
                    else [(s, u, d.hex()) for s, u, d in res.transcript])
         up = max(res.masked_input_bytes.values())
+        revealed = res.noise_seeds
+    released = xnoise.remove_excess(agg, plan=ddg, seeds=revealed) if revealed else agg
 
     m = len(survivors)
     total_examples = None
     if ddg is not None:
-        mean = ddg_decode_sum(agg, plan=ddg, rotation_seed=round_seed) / m
+        mean = ddg_decode_sum(released, plan=ddg, rotation_seed=round_seed) / m
     else:
         total_examples = int(agg[-1])
         s = enc.decode_sum(agg[:-1], count=m)
@@ -206,4 +227,5 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
     return RoundOutcome(mean_update=mean.astype(np.float32), sampled=ids, survivors=tuple(survivors),
                         stage_survivors=stage_survivors, k=k, threshold=t, digests=digests,
                         seconds=time.perf_counter() - t0, upload_bytes_per_client=up,
-                        total_examples=total_examples, messages=messages, aggregate=agg)
+                        total_examples=total_examples, messages=messages, aggregate=agg,
+                        noise_removed=len(revealed))

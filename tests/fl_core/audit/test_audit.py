@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import dp.distributed
+import dp.xnoise
 import secagg.hazmat.prg as prg
 from fl_core.audit.checks import audit_run, correlation_p_value, holm, uniformity_p_value, witness_inputs, write_audit
 from fl_core.run.canaries import AUDIT_DIR, read_messages, read_trajectory, write_messages
@@ -80,6 +81,7 @@ def noiseless_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("client_noise_off")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dp.distributed, "discrete_gaussian", zero_noise)
+        mp.setattr(dp.xnoise, "discrete_gaussian", zero_noise)  # the shares drawn from seeds
         run(cfg_of(CLIENT), out, **QUIET)
     return out
 
