@@ -205,3 +205,56 @@ def round_digest_encoding(cfg: RoundConfig) -> bytes:
     if cfg.mode is Mode.ACTIVE:
         out.append(verify_keys_digest(cfg.verify_keys))
     return b"".join(out)
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """What a client holds itself and checks every round setup against (never taken from the
+    server): the deployment's verify keys (its PKI, from node config or a trusted file) and floors.
+
+    ``check`` refuses a setup whose verify key for some client differs from ours (naming the first
+    such client), that names a client we have no key for, that is not in active mode while we hold
+    keys, or that is weaker than a floor: t, k, min_survivors, bits, max_corrupt_neighbours. A
+    server that could hand a client other keys or a lower threshold would otherwise defeat the
+    active mode by itself (key swap, or a setup with t = 1)."""
+
+    verify_keys: Mapping[int, bytes] | None = None
+    min_threshold: int = 2
+    min_k: int = 2
+    min_survivors: int = 2
+    min_bits: int = 1
+    min_corrupt_neighbours: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("min_threshold", "min_k", "min_survivors", "min_bits", "min_corrupt_neighbours"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"ClientPolicy.{name} must be an int >= 0, got {v!r}")
+        if self.verify_keys is not None:
+            bad = [u for u, pk in self.verify_keys.items() if not isinstance(pk, (bytes, bytearray)) or len(pk) != 32]
+            if bad:
+                raise ConfigError(f"ClientPolicy.verify_keys: clients {sorted(bad)[:10]} have no 32-byte Ed25519 key")
+            object.__setattr__(self, "verify_keys", MappingProxyType({int(u): bytes(pk) for u, pk in self.verify_keys.items()}))
+
+    def check(self, cfg: RoundConfig) -> None:
+        """Raise RefusedRequestError naming what is wrong with ``cfg``; return if it may be run."""
+        from .errors import RefusedRequestError
+        if self.verify_keys is not None:
+            if cfg.mode is not Mode.ACTIVE:
+                raise RefusedRequestError("setup refused: this client holds verify keys (active mode) but the "
+                                          "setup is semi-honest")
+            for u in cfg.client_ids:
+                mine = self.verify_keys.get(u)
+                if mine is None:
+                    raise RefusedRequestError(f"setup refused: client {u} is not in this client's verify keys")
+                if cfg.verify_keys[u] != mine:
+                    raise RefusedRequestError(f"setup refused: the verify key of client {u} differs from this "
+                                              f"client's ({cfg.verify_keys[u].hex()[:16]}… vs {mine.hex()[:16]}…)")
+        if cfg.insecure_weak_threshold:
+            raise RefusedRequestError("setup refused: it asks for the insecure weak-threshold test setting")
+        for name, have, floor in (("threshold t", cfg.threshold, self.min_threshold), ("k", cfg.k, self.min_k),
+                                  ("min_survivors", cfg.min_survivors, self.min_survivors),
+                                  ("bits", cfg.bits, self.min_bits),
+                                  ("max_corrupt_neighbours", cfg.max_corrupt_neighbours, self.min_corrupt_neighbours)):
+            if have < floor:
+                raise RefusedRequestError(f"setup refused: {name}={have} is below this client's floor {floor}")
