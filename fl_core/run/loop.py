@@ -111,12 +111,11 @@ class _Trainer:
         out = self.out
         if resume:
             self._resume()
-        else:
-            for name in (rundir.LEDGER, rundir.METRICS, rundir.TRANSCRIPT):
-                (out / name).unlink(missing_ok=True)
         vector_to_model(self.params, self.model, exclude=self.personal)
         rundir.write_atomic(out / rundir.CONFIG, self.resolved)
         self.recorder.start(self.params, self.start)
+        if not has_checkpoint(out / rundir.CHECKPOINT_DIR):
+            self.checkpoint()  # before the first release: a missing checkpoint later means a lost one
 
     def _resume(self) -> None:
         out = self.out
@@ -125,7 +124,7 @@ class _Trainer:
             raise CheckpointError(f"--resume: {out} holds no run (no {rundir.CONFIG})")
         if resolved_path.read_text() != self.resolved:
             raise CheckpointError(f"--resume: the run in {out} was started with another config")
-        if has_checkpoint(out / rundir.CHECKPOINT_DIR):  # else: killed before round 1's checkpoint
+        if has_checkpoint(out / rundir.CHECKPOINT_DIR):  # else: killed before the first release (check_resumable)
             state = load_checkpoint(out / rundir.CHECKPOINT_DIR)  # CheckpointError if cut short or altered
             if state["config"] != self.resolved:
                 raise CheckpointError(f"--resume: the checkpoint in {out} was written by another config")
@@ -250,7 +249,9 @@ class _Trainer:
         eps = m["epsilon"]
         self.say(f"round {r + 1:>3}/{cfg.rounds}  sampled {len(sampled):>3}  survivors {m['survivors']:>3}  "
                  f"train loss {m['loss']:.4f}  test acc {m['accuracy']:.4f}  "
-                 f"epsilon {'off' if eps is None else f'{eps:.3f}'}" + (f"  ABORTED: {aborted}" if aborted else ""))
+                 f"epsilon {'off' if eps is None else f'{eps:.3f}'}"
+                 + (f"  sat out (over budget) {len(refused)}" if refused else "")
+                 + (f"  ABORTED: {aborted}" if aborted else ""))
         self.checkpoint()
 
     def round_metrics(self, r: int, sampled, refused, losses, outcome, aborted) -> dict:
@@ -308,6 +309,10 @@ def run(config, out_dir: str | os.PathLike, *, model=None, data=None, resume: bo
     cfg, config_dir = as_run_config(config, config_dir)
     torch.set_num_threads(1)  # tiny models: one thread is fastest and keeps runs reproducible
     out = Path(out_dir)
+    if resume:
+        rundir.check_resumable(out)  # before anything is touched: a lost checkpoint after releases is refused
+    elif rundir.holds_run(out):
+        rundir.clear_for_new_run(out)  # a new run here: the old ledger moves to previous_ledgers/, never deleted
     out.mkdir(parents=True, exist_ok=True)
     data, model = build_data_and_model(cfg, config_dir, model=model, data=data)
     trainer = _Trainer(cfg, out, data=data, model=model, resume=resume, log=log, observer=observer or RunObserver())
