@@ -30,7 +30,8 @@ from dp.events import ComposedEvent, GaussianEvent, PoissonSampledEvent, UnitOfP
 
 from fl_core.config import DPMode, RunConfig
 
-__all__ = ["PrivacyPlan", "NoPrivacy", "ClientLevelDP", "SampleLevelDP", "privacy_plan", "epsilons"]
+__all__ = ["PrivacyPlan", "NoPrivacy", "ClientLevelDP", "SampleLevelDP", "privacy_plan", "epsilons",
+           "reported_epsilon"]
 
 #: The budget of a plan without ``dp.epsilon_budget`` or ``dp.target_epsilon``: account, never stop.
 UNBOUNDED = 1e9
@@ -51,6 +52,25 @@ def epsilons(history: Sequence, delta: float, unit: UnitOfPrivacy) -> dict:
         if res.note:
             out[f"{kind.value}_note"] = res.note
     out["tightest"] = min(v for k, v in out.items() if k in ("rdp", "prv"))
+    return out
+
+
+def reported_epsilon(tracker: BudgetTracker, tightest: float) -> dict:
+    """The one ε of a run, as every round's line, metrics.jsonl, privacy.json, summary.json and the
+    report give it: what the budget's accountant says (the number the budget stops at), with the
+    accountant that produced it and, when it fell back (PRV/PLD -> RDP), the one requested and why.
+    The other accountants' values stay in the mechanism's entry for comparison."""
+    if not tracker.accountant.history:
+        return {"epsilon": 0.0, "epsilon_accountant": tracker.accountant.kind.value}
+    res = tracker.privacy_spent()
+    out = {"epsilon": res.epsilon, "epsilon_accountant": res.accountant.value,
+           "epsilon_tightest_of_rdp_and_prv": tightest}
+    if res.accountant is not res.requested:
+        out["epsilon_accountant_requested"] = res.requested.value
+    if res.note:
+        out["epsilon_note"] = res.note
+    if res.adjacency is not None:  # the neighbouring relation this epsilon is proved for
+        out["adjacency"], out["adjacency_means"] = res.adjacency.value, res.adjacency.words
     return out
 
 
@@ -248,7 +268,8 @@ class ClientLevelDP(PrivacyPlan):
                 "bit_noise_std_clients": self.bit_noise, "final_clip": self.clip.clip,
                 "note": "updates are sent as [update / clip, bit]; l2_clip above is that vector's bound"}
         budget = self.tracker.budget.epsilon
-        return {"mechanisms": [mechanism], "epsilon": eps["tightest"], "delta": dp.delta, "unit_of_privacy": "client",
+        return {"mechanisms": [mechanism], **reported_epsilon(self.tracker, eps["tightest"]),
+                "delta": dp.delta, "unit_of_privacy": "client",
                 "budget_epsilon": budget if budget < UNBOUNDED else None,
                 "accountant_used_for_budget": dp.accountant.value,
                 "secure_aggregation": {"min_survivors": plan.config.min_survivors}}
@@ -347,7 +368,8 @@ class SampleLevelDP(PrivacyPlan):
         for u in sorted(per, key=lambda k: -per[k]["rdp"])[:3]:
             per[u] = epsilons(self.per_client.tracker(u).accountant.history, dp.delta, UnitOfPrivacy.EXAMPLE)
         per = {str(u): v for u, v in per.items()}
-        worst = max((v.get("tightest", v["rdp"]) for v in per.values()), default=0.0)
+        worst_id = max(self.per_client, key=self.per_client.epsilon_so_far, default=None)
+        worst = self.per_client.epsilon_so_far(worst_id) if worst_id is not None else 0.0
         mechanism = {
             "name": ("DP-SGD (Abadi et al., CCS 2016) via Opacus, per client" if cfg.local.backend.value == "opacus"
                      else "DP-SGD (Abadi et al., CCS 2016) per client, vectorized over the cohort "
@@ -357,11 +379,15 @@ class SampleLevelDP(PrivacyPlan):
                            "batch_size": cfg.local.batch_size, "local_epochs": cfg.local.epochs,
                            "local_steps": cfg.local.steps, "grad_sample_mode": dp.grad_sample_mode.value,
                            "planned_visits_per_client": self.planned_visits},
-            "epsilon_worst_client": worst, "delta": dp.delta,
+            "epsilon_worst_client": worst, "worst_client": worst_id, "delta": dp.delta,
             "epsilon_per_client": per,
         }
         budget = self.per_client.budget.epsilon
-        return {"mechanisms": [mechanism], "epsilon": worst, "delta": dp.delta, "unit_of_privacy": "example",
+        reported = (reported_epsilon(self.per_client.tracker(worst_id), per[str(worst_id)].get("tightest", worst))
+                    if worst_id is not None else {"epsilon": 0.0, "epsilon_accountant": self.kind.value})
+        return {"mechanisms": [mechanism], **reported,
+                "epsilon_is": "the worst client's: each client has its own DP-SGD guarantee",
+                "delta": dp.delta, "unit_of_privacy": "example",
                 "budget_epsilon": budget if budget < UNBOUNDED else None,
                 "accountant_used_for_budget": dp.accountant.value}
 

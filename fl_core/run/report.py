@@ -1,10 +1,9 @@
 """What a finished run leaves behind: privacy.json (every guarantee with what it rests on),
-plots.png, model.pt, summary.json, and the final line a person reads."""
+model.pt, summary.json, report.md and plots.png (``fl_core.run.runreport``), and the final line a
+person reads."""
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,27 +51,6 @@ def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
     return rec
 
 
-def plot(metrics: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = [m["round"] for m in metrics]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax[0].plot(rounds, [m["accuracy"] for m in metrics], marker=".")
-    ax[0].set_xlabel("round"), ax[0].set_ylabel("test accuracy"), ax[0].grid(alpha=0.3)
-    eps = [m["epsilon"] for m in metrics]
-    if any(e is not None for e in eps):
-        ax[1].plot(rounds, [e if e is not None else math.nan for e in eps], marker=".", color="C3")
-        ax[1].set_ylabel("epsilon so far")
-    else:
-        ax[1].text(0.5, 0.5, "no differential privacy", ha="center", va="center", transform=ax[1].transAxes)
-    ax[1].set_xlabel("round"), ax[1].grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 @dataclass
 class RunSummary:
     """What ``fl_core.run`` returns: where the run is, how far it got and the privacy it spent."""
@@ -88,35 +66,37 @@ class RunSummary:
 
 
 def write_outputs(cfg, out: Path, *, model, data, metrics, privacy, personalization, stopped_by_budget,
-                  log) -> RunSummary:
+                  log, guard_rails: list[dict] | None = None) -> RunSummary:
+    from fl_core.run.runreport import epsilon_line, write_report
+
     torch.save(model.state_dict(), out / rundir.MODEL)
     rec = privacy_record(cfg, privacy, metrics)
+    if guard_rails is not None:
+        rec["guard_rails"] = guard_rails  # checked at start (fl_core.run.guardrails)
     if personalization is not None:
-        rec_p = personalization.as_dict()
-        (out / rundir.PERSONALIZATION).write_text(json.dumps(rec_p, indent=1) + "\n")
-    (out / rundir.PRIVACY).write_text(json.dumps(rec, indent=1, default=float) + "\n")
-    if metrics:
-        plot(metrics, out / rundir.PLOTS)
-    final_acc = metrics[-1]["accuracy"] if metrics else float("nan")
-    summary = RunSummary(out_dir=out, rounds_run=len(metrics), final_accuracy=final_acc,
+        rundir.write_json(out / rundir.PERSONALIZATION, personalization.as_dict())
+    rundir.write_json(out / rundir.PRIVACY, rec)
+    final_acc = metrics[-1]["accuracy"] if metrics else None
+    summary = RunSummary(out_dir=out, rounds_run=len(metrics),
+                         final_accuracy=final_acc if final_acc is not None else float("nan"),
                          epsilon=rec.get("epsilon"), delta=rec.get("delta"), unit=rec.get("unit_of_privacy"),
                          stopped_by_budget=stopped_by_budget, metrics=metrics)
-    (out / rundir.SUMMARY).write_text(json.dumps({
+    rundir.write_json(out / rundir.SUMMARY, {
         "rounds_run": summary.rounds_run, "final_accuracy": final_acc, "epsilon": summary.epsilon,
-        "delta": summary.delta, "unit_of_privacy": summary.unit, "stopped_by_budget": stopped_by_budget,
+        "delta": summary.delta, "unit_of_privacy": summary.unit,
+        "epsilon_accountant": rec.get("epsilon_accountant"), "stopped_by_budget": stopped_by_budget,
         "personalization": None if personalization is None else {
-            k: v for k, v in personalization.as_dict().items() if not k.endswith("_acc")},
-    }, indent=1) + "\n")
-    if summary.epsilon is None:
-        log(f"final test accuracy {final_acc:.4f} after {summary.rounds_run} rounds; no differential privacy")
-    else:
-        log(f"final test accuracy {final_acc:.4f} after {summary.rounds_run} rounds; "
-            f"epsilon = {summary.epsilon:.3f} at delta = {summary.delta:g} (unit of privacy: one "
-            f"{summary.unit}; accountant: tightest of RDP and PRV)"
-            + ("; stopped at the epsilon budget" if stopped_by_budget else ""))
+            k: v for k, v in personalization.as_dict().items() if not k.endswith("_acc") and k != "clients"},
+    })
+    report = write_report(out)
+    acc_txt = "none (no round ran)" if final_acc is None else f"{final_acc:.4f}"
+    log(f"final test accuracy {acc_txt} after {summary.rounds_run} rounds; {epsilon_line(rec)}"
+        + ("; stopped at the epsilon budget" if stopped_by_budget else ""))
     if personalization is not None:
         p = personalization
         log(f"personalization: mean accuracy global {p.mean_global:.4f} -> personalized {p.mean_personal:.4f}; "
-            f"worst 10% {p.worst10_global:.4f} -> {p.worst10_personal:.4f}")
-    log(f"outputs in {out}: metrics.jsonl, privacy.json, plots.png, model.pt, config.resolved.toml")
+            f"worst 10% (over the {p.clients_counted_in_worst10} clients with >= {p.min_test_examples} test "
+            f"examples) {p.worst10_global:.4f} -> {p.worst10_personal:.4f}")
+    log(f"outputs in {out}: {report.name} (read this first), {rundir.METRICS}, {rundir.PRIVACY}, {rundir.PLOTS}, "
+        f"{rundir.MODEL}, {rundir.CONFIG}")
     return summary

@@ -1,17 +1,10 @@
 """One federated round's secure aggregation: encode the sampled clients' updates, run the secagg
 state machines with simulated dropouts, and decode the mean update the server may apply.
 
-Two encodings, both into secagg's words:
-
-- client-level DP (``DDGPlan``): each client clips, rotates, rounds and adds its share of discrete
-  Gaussian noise (``dp.distributed``); the mean is uniform over the survivors, as in DP-FedAvg,
-  so one client's influence stays bounded by the clip norm. With ``excess_noise`` the share is
-  drawn from a seed the client secret-shares in the round; the server subtracts the excess
-  survivors' shares (``dp.xnoise``), so the sum carries min_survivors shares, not one per survivor.
-- otherwise (no DP, or sample-level DP-SGD already applied on the client): L2 clip to a public
-  bound, weight by the client's example count over a public cap, fixed-point encode
-  (``secagg.encoding``) and append the raw example count as one more word. The server learns only
-  the sums: sum of weighted updates and total examples, never any client's count.
+The encoding is ``fl_core.secure.inputs.Encoder``, the same one every transport uses:
+client-level DP with a ``DDGPlan`` (uniform mean over the survivors; with ``excess_noise`` each
+client's noise share comes from a seed it secret-shares in the round, and the server subtracts the
+excess survivors' shares, ``dp.xnoise``), else fixed point weighted by example counts.
 """
 
 from __future__ import annotations
@@ -25,18 +18,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dp.distributed import DDGPlan, decode_sum as ddg_decode_sum, encode_client as ddg_encode
-from dp.noise import NoiseGenerator
-from dp import xnoise
+from dp.distributed import DDGPlan
 from secagg.excess import excess_owners
 from secagg import wire
 from secagg.config import GraphKind, RoundConfig
-from secagg.encoding import FixedPointEncoding, clip_l2
 from secagg.errors import ConfigError, OverflowRiskError
 from secagg.graph import choose_k_t
 from secagg.simulate import DropoutSchedule, ProtocolStage, Transcript, simulate
 
 from fl_core.errors import FLError
+from fl_core.secure.inputs import Encoder
 
 
 class RoundAborted(FLError):
@@ -158,29 +149,24 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
         noise_seeds = {u: os.urandom(32) if secure_randomness else
                        hashlib.sha256(b"xnoise" + round_seed + u.to_bytes(8, "big")).digest() for u in ids}
     if ddg is not None:
-        words = {}
-        for u in ids:
-            gen = NoiseGenerator(None if secure_randomness else hashlib.sha256(b"noise" + round_seed + u.to_bytes(8, "big")).digest())
-            if excess_noise:
-                words[u] = xnoise.encode_client(updates[u], plan=ddg, rotation_seed=round_seed,
-                                                noise_seed=noise_seeds[u], gen=gen)
-            else:
-                words[u] = ddg_encode(updates[u], plan=ddg, rotation_seed=round_seed, gen=gen)
-        bits, vec_dim = ddg.bits, ddg.padded_dim
+        enc = Encoder.ddg(ddg)
     else:
-        bits = spec.bits
-        if spec.example_cap * spec.max_clients >= 1 << bits:
+        if spec.example_cap * spec.max_clients >= 1 << spec.bits:
             raise OverflowRiskError(f"the sum of example counts of n={spec.max_clients} clients, each up to "
-                                    f"{spec.example_cap}, could wrap 2^{bits}")
-        enc = FixedPointEncoding.for_sum(bits=bits, clip=spec.update_clip, max_clients=spec.max_clients)
-        words = {}
+                                    f"{spec.example_cap}, could wrap 2^{spec.bits}")
+        enc = Encoder.fixed_point(dim=dim, bits=spec.bits, l2_clip=spec.update_clip, max_clients=spec.max_clients,
+                                  example_cap=spec.example_cap)
         for u in ids:
             if not 0 < examples[u] <= spec.example_cap:
                 raise ConfigError(f"client {u} has {examples[u]} examples, outside (0, example_cap={spec.example_cap}]")
-            weighted = clip_l2(updates[u], spec.update_clip) * (examples[u] / spec.example_cap)
-            w = enc.encode(weighted, rng=rng)
-            words[u] = np.concatenate([w, np.array([examples[u]], dtype=w.dtype)])
-        vec_dim = dim + 1
+    words = {}
+    for u in ids:
+        rounding_seed = None if secure_randomness else hashlib.sha256(b"noise" + round_seed + u.to_bytes(8, "big")).digest()
+        words[u] = enc.encode(updates[u], client_id=u, round_number=0, round_seed=round_seed,
+                              num_examples=None if ddg is not None else examples[u], secret_seed=rounding_seed,
+                              noise_seed=None if noise_seeds is None else noise_seeds[u],
+                              rng=None if ddg is not None else rng)
+    bits, vec_dim = enc.bits, enc.word_dim
 
     if not spec.enabled:  # plain sum, no protocol: for baselines only
         survivors = ids
@@ -212,16 +198,8 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
                    else [(s, u, d.hex()) for s, u, d in res.transcript])
         up = max(res.masked_input_bytes.values())
         revealed = res.noise_seeds
-    released = xnoise.remove_excess(agg, plan=ddg, seeds=revealed) if revealed else agg
-
-    m = len(survivors)
-    total_examples = None
-    if ddg is not None:
-        mean = ddg_decode_sum(released, plan=ddg, rotation_seed=round_seed) / m
-    else:
-        total_examples = int(agg[-1])
-        s = enc.decode_sum(agg[:-1], count=m)
-        mean = s * (spec.example_cap / total_examples)
+    decoded = enc.decode(agg, survivors=len(survivors), round_seed=round_seed, revealed_noise=revealed)
+    mean, total_examples = decoded.mean, decoded.total_examples
     return RoundOutcome(mean_update=mean.astype(np.float32), sampled=ids, survivors=tuple(survivors),
                         stage_survivors=stage_survivors, k=k, threshold=t, digests=digests,
                         seconds=time.perf_counter() - t0, upload_bytes_per_client=up,
