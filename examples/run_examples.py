@@ -18,7 +18,8 @@ from fl_core.run.loop import run
 
 HERE = Path(__file__).parent
 EXAMPLES = ["digits_nonprivate", "digits_ddp_eps1", "digits_ddp_eps3", "digits_ddp_eps8",
-            "digits_dpsgd_eps3", "digits_personalization", "digits_fedper", "digits_default"]
+            "digits_dpsgd_eps3", "digits_personalization", "digits_fedper", "digits_default",
+            "crossdevice_nonprivate", "crossdevice_eps1", "crossdevice_eps3", "crossdevice_eps8"]
 
 
 def main() -> None:
