@@ -377,7 +377,8 @@ class _Run:
         pool: dict[tuple[int, ShareKind], dict[int, shamir.Share]] = {k: dict(v) for k, v in self.revealed.items()}
         b, sk = {}, {}
         for c, st in self.corrupt_state.items():
-            sk[c] = bytes.fromhex(st["mask"][0])
+            if st["mask"]:  # a corrupt client that aborted has forgotten its keys
+                sk[c] = bytes.fromhex(st["mask"][0])
             if st["self_seed"]:
                 b[c] = bytes.fromhex(st["self_seed"])
             for v, held in st["held"].items():
