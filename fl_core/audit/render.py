@@ -34,7 +34,7 @@ def _guarantee_lines(rep: dict) -> list[str]:
         eps = mech.get("epsilon") if isinstance(mech.get("epsilon"), dict) else None
         worst = mech.get("epsilon_worst_client")
         claim = rep.get("theoretical_epsilon")
-        acc = str(rep.get("epsilon_accountant") or "the budget's accountant").upper()
+        acc = str(rep.get("epsilon_accountant")).upper() if rep.get("epsilon_accountant") else "the budget's accountant"
         out.append(f"### {mech['name']}\n")
         adjacency = mech.get("adjacency", "zero-out" if unit == "client" else "add-remove")
         relation = mech.get("neighbouring_relation", "")

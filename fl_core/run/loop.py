@@ -46,7 +46,8 @@ from fl_core.run.guardrails import check_run
 from fl_core.run.observer import RunObserver
 from fl_core.run.privacy import PrivacyPlan, privacy_plan
 from fl_core.run.report import RunSummary, write_outputs
-from fl_core.run.setup import as_run_config, build_data_and_model, derive_seed, int_seed, load_run_data
+from fl_core.run.setup import (as_run_config, build_data_and_model, derive_seed, fit_to_data, int_seed,
+                              load_run_data)
 from fl_core.secure.round import RoundAborted, SecureRoundSpec, secure_mean
 
 __all__ = ["run", "RunSummary", "RunObserver", "load_run_data", "build_data_and_model", "LEDGER", "CHECKPOINT_DIR"]
@@ -321,13 +322,14 @@ def run(config, out_dir: str | os.PathLike, *, model=None, data=None, resume: bo
     """
     cfg, config_dir = as_run_config(config, config_dir)
     torch.set_num_threads(1)  # tiny models: one thread is fastest and keeps runs reproducible
+    data, model = build_data_and_model(cfg, config_dir, model=model, data=data)
+    cfg = fit_to_data(cfg, data)  # given or loaded data: its own client count
     out = Path(out_dir)
     if resume:
         rundir.check_resumable(out)  # before anything is touched: a lost checkpoint after releases is refused
     elif rundir.holds_run(out):
         rundir.clear_for_new_run(out)  # a new run here: the old ledger moves to previous_ledgers/, never deleted
     out.mkdir(parents=True, exist_ok=True)
-    data, model = build_data_and_model(cfg, config_dir, model=model, data=data)
     trainer = _Trainer(cfg, out, data=data, model=model, resume=resume, log=log, observer=observer or RunObserver())
     trainer.begin(resume)
     bar = None
