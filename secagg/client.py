@@ -17,12 +17,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import wire
+from . import masking, wire
 from .config import Mode, RoundConfig
 from .errors import (AbortedError, AuthenticationError, DecodeError, InputError, LocalProtocolError,
                      RefusedRequestError, RemoteProtocolError, SecAggError, UnexpectedMessageError,
                      UnknownClientError, WrongSessionError)
-from .hazmat import aead, kex, prg, shamir
+from .hazmat import aead, kex, shamir
 from .hazmat.sign import SigningKey, verify
 from .messages import (AdvertiseKeys, ConsistencyRequest, ConsistencySignature, EncryptedShare,
                        ForwardedShares, KeysBroadcast, MaskedInput, Message, RevealedShare,
@@ -294,7 +294,7 @@ class ClientParty:
             (plus if mask_sign(self.id, v) > 0 else minus).append(seed)
         self._held = held
         words, self._input = self._input, None  # our own copy (set_input): mask it in place
-        prg.add_masks(words, plus=plus, minus=minus, bits=cfg.bits)
+        masking.add_masks(words, plus=plus, minus=minus, bits=cfg.bits)
         return MaskedInput(cfg.session_id, self.id, cfg.bits, words)
 
     # ------------------------------------------------------------------ stage 3: consistency

@@ -108,8 +108,14 @@ def encode(msg: Message) -> bytes:
         body = msg.self_mask_commitment if t is MessageType.SHARE_KEYS else b""
         body += struct.pack(">I", len(msg.shares)) + b"".join(
             struct.pack(">I", s.peer) + s.ciphertext for s in msg.shares)
-    elif t is MessageType.MASKED_INPUT:
-        body = struct.pack(">BI", msg.bits, len(msg.words)) + pack_words(msg.words, msg.bits)
+    elif t is MessageType.MASKED_INPUT:  # one copy of the words (the largest message by far)
+        words = msg.words
+        if msg.bits == 32 and isinstance(words, np.ndarray) and words.dtype == np.dtype("<u4") \
+                and words.flags.c_contiguous:
+            packed = memoryview(words).cast("B")
+        else:
+            packed = pack_words(words, msg.bits)
+        return b"".join((head, struct.pack(">BI", msg.bits, len(words)), packed))
     elif t is MessageType.CONSISTENCY_REQUEST:
         body = _ids(msg.survivors)
     elif t is MessageType.CONSISTENCY_SIGNATURE:
