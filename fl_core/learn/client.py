@@ -23,7 +23,7 @@ from fl_core.learn.data import as_tensors
 from fl_core.errors import ConfigFieldError, bad_field
 from fl_core.learn.params import model_to_vector, named_trainable
 
-__all__ = ["OptimizerName", "SampleDP", "LocalResult", "local_train", "evaluate"]
+__all__ = ["OptimizerName", "SampleDP", "LocalResult", "local_train", "evaluate", "check_local_options"]
 
 
 class OptimizerName(enum.Enum):
@@ -70,7 +70,9 @@ class LocalResult:
     opacus_epsilon: float | None = None
 
 
-def _validate(epochs, steps, optimizer, lr, momentum, batch_size, prox_mu, dp) -> OptimizerName:
+def check_local_options(epochs, steps, optimizer, lr, momentum, batch_size, prox_mu, dp) -> OptimizerName:
+    """Every bad option of ``local_train`` (and ``train_cohort``) at once, as one ``ConfigFieldError``;
+    returns the optimizer as an ``OptimizerName``."""
     problems = []
     if dp is not None and not isinstance(dp, SampleDP):
         problems.append(("dp", f"got {dp!r:.80}; must be a SampleDP or None"))
@@ -133,7 +135,7 @@ def local_train(model: nn.Module, train_data: Dataset | tuple, *, epochs: int | 
     With ``dp``, training is DP-SGD (see ``SampleDP``); its Poisson sampling and noise are seeded
     from ``generator`` (torch generators: fine for experiments, not a CSPRNG).
     """
-    opt_name = _validate(epochs, steps, optimizer, lr, momentum, batch_size, prox_mu, dp)
+    opt_name = check_local_options(epochs, steps, optimizer, lr, momentum, batch_size, prox_mu, dp)
     tensors = as_tensors(train_data)
     n = len(tensors[1]) if tensors is not None else len(train_data)
     if n == 0:

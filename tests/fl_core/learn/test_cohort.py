@@ -21,8 +21,9 @@ from torch.nn import functional as F
 from dp.accounting import Accountant, AccountantKind
 from dp.events import UnitOfPrivacy
 from fl_core.learn.client import SampleDP, local_train
-from fl_core.learn.cohort import (Backend, UnsupportedLayerError, _probe, _twin, check_model, clipped_grad_sum,
-                            plan_client, train_cohort)
+from fl_core.learn.cohort import (Backend, UnsupportedLayerError, check_model, clipped_grad_sum, plan_client,
+                                  train_cohort)
+from fl_core.learn.per_example import make_twin
 from fl_core.config import config_from_dict, dump_config, load_config
 from fl_core.errors import ConfigFieldError
 from fl_core.learn.models import build_model
@@ -165,7 +166,7 @@ def test_only_single_call_vector_input_linears_are_tapped():
                            ("cnn28", {"body.7", "head"})):
         make, shape = MODELS[name]
         model = make()
-        twin = _probe(model, _twin(model, torch.device("cpu")), torch.randn(3, *shape))
+        twin = make_twin(model, torch.device("cpu"), torch.randn(3, *shape))
         assert set(twin.taps) == expected, name
 
 
@@ -184,8 +185,8 @@ def test_im2col_convolution_equals_torch(k, stride, pad, dilation, groups, mode,
         ref = conv(x)
     except RuntimeError:
         return  # a kernel larger than the (padded) input: torch refuses it too
-    twin = _twin(nn.Sequential(conv), torch.device("cpu"))
-    torch.testing.assert_close(twin(x), ref, rtol=1e-5, atol=1e-5)
+    twin = make_twin(nn.Sequential(conv), torch.device("cpu"), None)
+    torch.testing.assert_close(twin.module(x), ref, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- whole trainings
