@@ -10,7 +10,7 @@ the server takes it; a transport drops what it rejects, the fault campaign corru
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 from .errors import AbortedError, LocalProtocolError
 from .messages import Message
@@ -18,8 +18,9 @@ from .server import RoundResult, ServerParty
 from .state import REPLY_STAGE, ProtocolStage, Stage
 
 #: exchange(stage, {client: server message, or None to start}) -> (client, reply) pairs, lazily
-#: (a generator may compute replies while the earlier ones are delivered).
-Exchange = Callable[[ProtocolStage, Mapping[int, Message | None]], Iterable[tuple[int, object]]]
+#: (a generator may compute replies while the earlier ones are delivered). The dict is the
+#: exchange's own: it may pop each message once sent, so the stage's messages are freed as they go.
+Exchange = Callable[[ProtocolStage, dict[int, Message | None]], Iterable[tuple[int, object]]]
 #: deliver(client, reply) -> the server's next messages (usually []).
 Deliver = Callable[[int, object], list[Message]]
 
@@ -40,14 +41,12 @@ def drive(server: ServerParty, exchange: Exchange, *, deliver: Deliver | None = 
     deliver = deliver or (lambda u, reply: server.receive(reply))
     close = close or (lambda stage: server.close_stage())
     stage = ProtocolStage.KEYS
-    outgoing: Mapping[int, Message | None] = {u: None for u in server.config.client_ids}
+    outgoing: dict[int, Message | None] = {u: None for u in server.config.client_ids}
     for _ in range(MAX_EXCHANGES):
         before = server.stage
         nxt: list[Message] = []
         for u, reply in exchange(stage, outgoing):
-            out = deliver(u, reply)
-            if out:
-                nxt = out
+            nxt = deliver(u, reply) or nxt
         if server.result is None and not nxt and server.stage is before:
             nxt = close(stage)  # the deadline: whoever has not answered dropped out
         if server.result is not None:
@@ -58,5 +57,6 @@ def drive(server: ServerParty, exchange: Exchange, *, deliver: Deliver | None = 
             raise LocalProtocolError(f"server in stage {server.stage.value} sent nothing and has no result")
         stage = reply_stage(nxt[0])
         outgoing = {m.receiver: m for m in nxt}
+        del nxt
     raise LocalProtocolError(f"round did not finish in {MAX_EXCHANGES} exchanges; server in stage "
                              f"{server.stage.value}")

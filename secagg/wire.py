@@ -187,10 +187,12 @@ class _Reader:
 
 
 def _check_increasing(ids, what: str, field: str) -> None:
-    for a, b in zip(ids, ids[1:]):
-        if b <= a:
-            raise DecodeError(f"{what}: {field} must be strictly increasing (sorted, no duplicates); "
-                              f"{b} follows {a}")
+    arr = np.asarray(ids, dtype=np.int64)  # one pass in C: survivor lists are n long, sent to n clients
+    bad = np.flatnonzero(arr[1:] <= arr[:-1])
+    if bad.size:
+        i = int(bad[0])
+        raise DecodeError(f"{what}: {field} must be strictly increasing (sorted, no duplicates); "
+                          f"{ids[i + 1]} follows {ids[i]}")
 
 
 def decode(data: bytes) -> Message:

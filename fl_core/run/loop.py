@@ -363,6 +363,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
                     refused.append(u)
             sampled = keep
         # --- local training
+        t_train = time.perf_counter()
         updates, examples, losses, events = {}, {}, {}, {}
         dp = None
         if privacy.mode is DPMode.SAMPLE:
@@ -393,6 +394,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
             if personal:
                 personal_params[u] = {n: p.detach().clone() for n, p in local.named_parameters()
                                       if any(n == q or n.startswith(q + ".") for q in personal)}
+        training_seconds = time.perf_counter() - t_train
         # --- the release: ledger first, then the secure round
         record = {"round": r, "noise": noise_label, "sampled": len(sampled)}
         if privacy.mode is DPMode.CLIENT:
@@ -402,7 +404,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
         _append_ledger(out, record)
         for u, upd in recorder.canary_updates(r).items():  # audit canaries: clients like any other
             updates[u], examples[u] = upd, 1
-        aborted = None
+        aborted, t_secure = None, time.perf_counter()
         try:
             if len(sampled) < 2:
                 raise RoundAborted(f"{len(sampled)} clients sampled")
@@ -411,6 +413,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
                                   on_inputs=None if witness is None else (lambda w, r=r: witness.__setitem__(r, dict(w))))
         except RoundAborted as e:
             outcome, aborted = None, str(e)
+        secure_seconds = time.perf_counter() - t_secure
         if privacy.mode is DPMode.CLIENT:
             privacy.tracker.spend(privacy.round_event)  # charged whether or not the round aborted
         if privacy.mode is DPMode.SAMPLE:
@@ -432,7 +435,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
              "loss": float(np.mean([losses[u] for u in sampled])) if sampled else float("nan"),
              "test_loss": test_loss, "accuracy": acc, "epsilon": eps,
              "delta": cfg.dp.delta if eps is not None else None, "refused_by_budget": len(refused),
-             "aborted": aborted, "seconds": time.perf_counter() - t_round}
+             "aborted": aborted, "seconds": time.perf_counter() - t_round,
+             "training_seconds": training_seconds, "secure_aggregation_seconds": secure_seconds}
         if outcome is not None:
             m.update({"k": outcome.k, "threshold": outcome.threshold,
                       "upload_bytes_per_client": outcome.upload_bytes_per_client,
