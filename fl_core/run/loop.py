@@ -371,7 +371,13 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
                           grad_sample_mode=cfg.dp.grad_sample_mode.value, accountant=cfg.dp.accountant.value,
                           delta=None)  # no per-visit Opacus epsilon: 1 s each; the run accounts
         gens = {u: _local_generator(cfg, r, u, dp=dp is not None) for u in sampled}
-        if lc.backend is Backend.COHORT and sampled:  # all sampled clients at once, same semantics
+        backend = lc.backend
+        if backend is Backend.COHORT and sampled:  # vectorized only where measured faster here
+            from fl_core.learn.probe import pick_backend
+            backend = pick_backend(model, data.client(sampled[0]).train, clients=len(sampled), dp=dp,
+                                   batch_size=lc.batch_size, optimizer=lc.optimizer, lr=lc.lr,
+                                   momentum=lc.momentum).backend
+        if backend is Backend.COHORT and sampled:  # all sampled clients at once, same semantics
             cohort = train_cohort(model, [data.client(u).train for u in sampled], epochs=lc.epochs, steps=lc.steps,
                                   optimizer=lc.optimizer, lr=lc.lr, momentum=lc.momentum, batch_size=lc.batch_size,
                                   prox_mu=lc.prox_mu, exclude=personal, generators=[gens[u] for u in sampled], dp=dp,
@@ -380,7 +386,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
                 updates[u], examples[u], losses[u], events[u] = res.update, res.num_examples, res.loss, res.event
                 if personal:
                     personal_params[u] = own
-        for u in sampled if lc.backend is Backend.OPACUS else ():  # the reference: one client after the other
+        for u in sampled if backend is Backend.OPACUS else ():  # the reference: one client after the other
             local = copy.deepcopy(model)
             if personal and u in personal_params:
                 own = dict(local.named_parameters())
@@ -436,7 +442,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, *, resume: bool = False, pro
              "test_loss": test_loss, "accuracy": acc, "epsilon": eps,
              "delta": cfg.dp.delta if eps is not None else None, "refused_by_budget": len(refused),
              "aborted": aborted, "seconds": time.perf_counter() - t_round,
-             "training_seconds": training_seconds, "secure_aggregation_seconds": secure_seconds}
+             "training_seconds": training_seconds, "secure_aggregation_seconds": secure_seconds,
+             "backend": backend.value}
         if outcome is not None:
             m.update({"k": outcome.k, "threshold": outcome.threshold,
                       "upload_bytes_per_client": outcome.upload_bytes_per_client,
