@@ -1,22 +1,24 @@
 """Our secure round vs Flower's SecAgg+ (SecAggPlusWorkflow + secaggplus_mod), side by side.
 
 In one process (default): both protocols driven through the same in-process Flower Grid
-(``fl_core.tools.flower_grid.InProcessGrid``), same n, d and dropouts (clients that go silent
-after sharing keys, before their masked input: the only dropout Flower's workflow survives).
-Clients hold a fixed float update (no training) that each side quantizes its own way. Rows:
-- ours at our secure (k, t) (``secagg.graph.choose_k_t``), without and with DP;
-- Flower at num_shares = k + 1 (its neighbourhood counts the client itself), threshold = t, and at
-  its example's (7, 4);
-- our bare protocol (``secagg.simulate``, no Flower objects) at the same (k, t), for the overhead.
-Times are the protocol's own (messages handed over as fresh records, no serialization); one more
-run per row sends every message through Flower's serialization both ways (``inprocess.transmit``),
-as on the engine, for the time with serialization and the bytes per client (median over survivors).
+(``fl_core.tools.flower_grid.InProcessGrid``), same n, d, neighbourhood, threshold and dropouts
+(clients that go silent after sharing keys, before their masked input: the only dropout Flower's
+workflow survives), at each ``--d`` (default 10^5 and 10^6). Clients hold a fixed float update (no
+training) that each side quantizes its own way. Rows per d:
+- ours (Flower's FedAvg on ``SecureGrid``, nodes ``ClientApp(mods=[secagg_mod])``) at k
+  neighbours and threshold t (default 16 and 7), without and with DP (epsilon 8);
+- our bare protocol (``secagg.simulate``, no Flower objects) at the same (k, t), for the overhead;
+- Flower at num_shares = k + 1 (its neighbourhood counts the client itself), threshold = t.
+Times are the protocol's own (messages handed over as fresh records, no serialization); up to
+``--serialized-max-d``, one more run per row sends every message through Flower's serialization
+both ways (``flower_grid.transmit``), as on the engine, for that time and the bytes per client.
 
-With ``--engine``: the same comparison on a local Deployment Engine (SuperLink + SuperNodes on
-127.0.0.1), our example app (examples/flower, test words) vs examples/flower/baseline (Flower's
-SecAgg+), same n and d, no dropout. With ``--engine-digits``: the example app as shipped (digits,
-training, DP at epsilon 8, 2 rounds) under ``flwr run``. Writes JSON (default
-benchmarks/results/flower_compare.json).
+With ``--engine``: on a local Deployment Engine (SuperLink + SuperNodes on 127.0.0.1), at each
+``--engine-d``: examples/flower/fixed_update (ours) vs examples/flower/baseline (Flower's SecAgg+),
+same nodes, complete graph, same threshold, the same fixed update, no dropout; seconds per round
+and bytes per node (the run's network traffic from ``flwr list`` over the nodes). With
+``--engine-digits``: the digits example app as shipped (training, DP at epsilon 8, 2 rounds).
+Writes JSON (default benchmarks/results/flower_compare.json).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
 
-from fl_core.integrations import flower as ours  # noqa: E402
+from fl_core.secure import flower as ours  # noqa: E402
 from fl_core.tools.flower_grid import InProcessGrid  # noqa: E402
 from secagg.config import GraphKind, RoundConfig  # noqa: E402
 from secagg.graph import choose_k_t  # noqa: E402
@@ -66,8 +68,12 @@ def per_client_bytes(grid: InProcessGrid, survivors) -> dict:  # zero unless the
 
 
 def ours_inprocess(n, d, dropped, k, t, *, dp: bool, repeats: int, serialize: bool) -> dict:
+    """Flower's FedAvg on ``SecureGrid``, nodes a plain ``ClientApp(mods=[secagg_mod])``."""
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp.strategy import FedAvg
+
     delta = deltas(n, d)
-    app = ours.SecureClientApp()
+    app = ClientApp(mods=[ours.secagg_mod])
 
     @app.train()
     def train(msg, context):
@@ -76,8 +82,8 @@ def ours_inprocess(n, d, dropped, k, t, *, dp: bool, repeats: int, serialize: bo
         return Message(RecordDict({"arrays": ArrayRecord([arr + delta[u]]),
                                    "metrics": MetricRecord({"num-examples": EXAMPLES})}), reply_to=msg)
 
-    settings = ours.SecureSettings(rounds=1, min_nodes=n, node_wait=0.1, stage_timeout=1.0, bits=32,
-                                   min_survivors=0.6, graph=GraphKind.SPARSE if k < n - 1 else GraphKind.COMPLETE,
+    settings = ours.SecureSettings(timeout=1.0, bits=32, min_survivors=0.6,
+                                   graph=GraphKind.SPARSE if k < n - 1 else GraphKind.COMPLETE,
                                    k=k, threshold=(t - 0.5) / k, epsilon=8.0 if dp else None, l2_clip=10.0,
                                    example_cap=EXAMPLES)
     start = ArrayRecord([np.zeros(d, dtype=np.float32)])
@@ -86,11 +92,13 @@ def ours_inprocess(n, d, dropped, k, t, *, dp: bool, repeats: int, serialize: bo
     times = []
     for _ in range(repeats):
         grid = InProcessGrid(app, nodes, silent_from=silent, serialize=serialize)
-        res = ours.SecureFedAvg(settings, log=lambda m: None).start(grid, initial_arrays=start)
-        rec = res.rounds[0]
+        sg = ours.SecureGrid(grid, settings, log=lambda m: None)
+        res = FedAvg(fraction_evaluate=0.0, min_available_nodes=n, min_train_nodes=n).start(
+            grid=sg, initial_arrays=start, num_rounds=1)
+        rec = sg.rounds[0]
         if rec.aborted:
             raise RuntimeError(rec.aborted)
-        times.append(rec.seconds)
+        times.append(rec.seconds - rec.hello_seconds)
     survivors = rec.survivors
     got = res.arrays.to_numpy_ndarrays()[0]
     want = np.mean([delta[u] for u in survivors], axis=0)
@@ -174,34 +182,50 @@ def flower_inprocess(n, d, dropped, num_shares, threshold, *, repeats: int, seri
 # ---------------------------------------------------------------------------- engine
 
 
-def engine(n: int, d: int, timeout: float) -> dict:
+def _traffic_per_node(run, n: int) -> int | None:
+    t = (run.info or {}).get("network-traffic")
+    return None if not t else int(t["total-bytes"] / n)
+
+
+def engine(n: int, dims: list[int], timeout: float) -> dict:
+    """Both apps on one local deployment (n SuperNodes), each d once: examples/flower/fixed_update
+    (ours: FedAvg on SecureGrid, secagg_mod) and examples/flower/baseline (Flower's
+    SecAggPlusWorkflow + secaggplus_mod), same n, complete graph (num_shares = n), same
+    threshold, same fixed update, no dropout."""
     from fl_core.tools.deployment import LocalDeployment
 
-    out = {}
-    with tempfile.TemporaryDirectory() as td:
-        with LocalDeployment(num_nodes=n) as dep:
-            res_file = Path(td) / "ours.json"
-            run = dep.run(ROOT / "examples" / "flower", {"test-dim": d, "num-server-rounds": 1, "min-nodes": n,
-                                                         "stage-timeout": timeout, "graph": "complete",
-                                                         "result-file": str(res_file)}, timeout=600)
-            r = json.loads(res_file.read_text())["rounds"][0] if res_file.exists() else {}
-            out["ours"] = {"status": run.status, "round_seconds": r.get("seconds"),
-                           "step_seconds": r.get("step_seconds"), "survivors": len(r.get("survivors", [])),
-                           "k": r.get("k"), "t": r.get("threshold"),
-                           "protocol_upload_bytes_per_client": r.get("upload_bytes_per_client"),
-                           "run_network_traffic": (run.info or {}).get("network-traffic"),
-                           "flwr_run_seconds": run.seconds}
-            flower_file = Path(td) / "flower.json"
-            run = dep.run(ROOT / "examples" / "flower" / "baseline", {"dim": d, "num-shares": n, "threshold": n // 2 + 1,
-                                                                      "min-nodes": n, "timeout": timeout, "out": str(flower_file)},
-                          timeout=600)
+    t = n - 1  # ours: k = n - 1 neighbours, t of them; Flower: num_shares = n (itself included), threshold t
+    rows = []
+    with tempfile.TemporaryDirectory() as td, LocalDeployment(num_nodes=n) as dep:
+        for d in dims:
+            res_file = Path(td) / f"ours-{d}.json"
+            run = dep.run(ROOT / "examples" / "flower" / "fixed_update",
+                          {"dim": d, "min-nodes": n, "secagg-timeout": timeout, "secagg-threshold": t / (n - 1),
+                           "out": str(res_file)}, timeout=900)
+            out = json.loads(res_file.read_text()) if res_file.exists() else {}
+            r = out.get("rounds", [{}])[0]
+            rows.append({"system": "ours (SecureGrid + secagg_mod)", "d": d, "status": run.status,
+                         "round_seconds": None if "seconds" not in r else r["seconds"] - r["hello_seconds"],
+                         "hello_seconds": r.get("hello_seconds"), "step_round_trip_seconds": r.get("step_seconds"),
+                         "k": r.get("k"), "t": r.get("threshold"), "survivors": len(r.get("survivors", [])),
+                         "max_abs_error": out.get("max_abs_error"),
+                         "protocol_upload_bytes_per_node": r.get("upload_bytes_per_client"),
+                         "bytes_per_node": _traffic_per_node(run, n),
+                         "run_network_traffic": (run.info or {}).get("network-traffic"),
+                         "flwr_run_seconds": run.seconds})
+            print(json.dumps(rows[-1]), flush=True)
+            flower_file = Path(td) / f"flower-{d}.json"
+            run = dep.run(ROOT / "examples" / "flower" / "baseline",
+                          {"dim": d, "num-shares": n, "threshold": t, "min-nodes": n, "timeout": timeout,
+                           "out": str(flower_file)}, timeout=900)
             f = json.loads(flower_file.read_text()) if flower_file.exists() else {}
-            out["flower"] = {"status": run.status, "round_seconds": f.get("round_seconds"),
-                             "num_shares": n, "reconstruction_threshold": n // 2 + 1,
-                             "run_network_traffic": (run.info or {}).get("network-traffic"),
-                             "flwr_run_seconds": run.seconds}
-        out["leftover_processes"] = dep.leftovers
-    return out
+            rows.append({"system": "flower (SecAggPlusWorkflow + secaggplus_mod)", "d": d, "status": run.status,
+                         "round_seconds": f.get("round_seconds"), "num_shares": n, "reconstruction_threshold": t,
+                         "bytes_per_node": _traffic_per_node(run, n),
+                         "run_network_traffic": (run.info or {}).get("network-traffic"),
+                         "flwr_run_seconds": run.seconds})
+            print(json.dumps(rows[-1]), flush=True)
+    return {"n": n, "dropout": 0, "rows": rows, "leftover_processes": dep.leftovers}
 
 
 def engine_digits(n: int, rounds: int, epsilon: float, timeout: float) -> dict:
@@ -210,79 +234,83 @@ def engine_digits(n: int, rounds: int, epsilon: float, timeout: float) -> dict:
 
     with tempfile.TemporaryDirectory() as td, LocalDeployment(num_nodes=n) as dep:
         res_file = Path(td) / "digits.json"
-        run = dep.run(ROOT / "examples" / "flower", {"num-server-rounds": rounds, "epsilon": epsilon, "min-nodes": n,
-                                                     "stage-timeout": timeout, "result-file": str(res_file)},
+        run = dep.run(ROOT / "examples" / "flower", {"num-server-rounds": rounds, "dp-epsilon": epsilon, "min-nodes": n,
+                                                     "secagg-timeout": timeout, "result-file": str(res_file)},
                       timeout=1200)
         d = json.loads(res_file.read_text()) if res_file.exists() else {}
     return {"status": run.status, "nodes": n, "epsilon_budget": epsilon, "epsilon_spent": d.get("epsilon"),
             "delta": d.get("delta"), "flwr_run_seconds": run.seconds,
-            "rounds": [{k: r[k] for k in ("round", "survivors", "k", "threshold", "seconds", "epsilon", "metrics",
+            "rounds": [{k: r[k] for k in ("round", "survivors", "k", "threshold", "seconds", "epsilon",
                                           "upload_bytes_per_client")} for r in d.get("rounds", [])],
+            "server_eval": d.get("server_eval"),
             "run_network_traffic": (run.info or {}).get("network-traffic")}
+
+
+def inprocess(n: int, d: int, dropped: list[int], k: int, t: int, repeats: int, serialized: bool) -> dict:
+    """The in-process rows at one d, run round robin so a change in the machine's load hits every
+    row alike; with ``serialized``, one more run per row through Flower's serialization (its time
+    and the bytes per client)."""
+    specs = [(ours_inprocess, (n, d, dropped, k, t), {"dp": False}),
+             (ours_inprocess, (n, d, dropped, k, t), {"dp": True}),
+             (ours_bare, (n, d, dropped, k, t), {}),
+             (flower_inprocess, (n, d, dropped, k + 1, t), {})]
+    runs: list[list[dict]] = [[] for _ in specs]
+    for _ in range(repeats):
+        for i, (fn, a, kw) in enumerate(specs):
+            runs[i].append(fn(*a, repeats=1, **kw, **({} if fn is ours_bare else {"serialize": False})))
+    rows = []
+    for i, (fn, a, kw) in enumerate(specs):
+        row = dict(runs[i][0])
+        row.update(summarize([r["median_s"] for r in runs[i]]))
+        if serialized and fn is not ours_bare:
+            ser = fn(*a, repeats=1, serialize=True, **kw)
+            row.update({"with_flower_serialization_s": ser["median_s"],
+                        "upload_bytes_per_client": ser["upload_bytes_per_client"],
+                        "download_bytes_per_client": ser["download_bytes_per_client"]})
+        rows.append(row)
+        print(json.dumps({key: v for key, v in row.items() if key != "runs_s"}), flush=True)
+    out = {"n": n, "d": d, "k": k, "t": t, "dropped": len(dropped), "repeats": repeats,
+           "dropout": "silent after sharing keys, before the masked input", "rows": rows,
+           "speedup_same_neighbourhood": rows[3]["median_s"] / rows[0]["median_s"],
+           "speedup_same_neighbourhood_with_dp": rows[3]["median_s"] / rows[1]["median_s"]}
+    if serialized:
+        out["speedup_with_flower_serialization"] = (rows[3]["with_flower_serialization_s"]
+                                                    / rows[0]["with_flower_serialization_s"])
+    print(json.dumps({key: v for key, v in out.items() if key.startswith("speedup")}), flush=True)
+    return out
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--d", type=int, default=100_000)
+    ap.add_argument("--d", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--k", type=int, default=16, help="our neighbours (Flower: num_shares = k + 1)")
+    ap.add_argument("--t", type=int, default=7, help="the threshold, both sides")
     ap.add_argument("--dropout", type=float, default=0.1)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, nargs="+", default=[3, 1], help="repeats per --d value")
+    ap.add_argument("--serialized-max-d", type=int, default=100_000,
+                    help="the extra run through Flower's serialization only up to this d")
     ap.add_argument("--engine", action="store_true", help="also compare on a local Deployment Engine")
     ap.add_argument("--engine-nodes", type=int, default=4)
-    ap.add_argument("--engine-d", type=int, default=100_000)
-    ap.add_argument("--engine-timeout", type=float, default=120.0)
+    ap.add_argument("--engine-d", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--engine-timeout", type=float, default=300.0)
     ap.add_argument("--engine-digits", action="store_true", help="also run the digits example app on the engine")
     ap.add_argument("--skip-inprocess", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "flower_compare.json")
     args = ap.parse_args(argv)
-    n, d = args.n, args.d
+    n = args.n
     dropped = list(range(0, n, max(1, round(1 / args.dropout))))[:round(args.dropout * n)] if args.dropout else []
     report = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
                           "cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(),
                           "note": "a shared 2-core machine; other jobs ran at the same time"},
-              "flwr": __import__("flwr").__version__,
-              "inprocess": {"n": n, "d": d, "dropped": len(dropped),
-                            "dropout": "silent after sharing keys, before the masked input", "rows": []}}
+              "flwr": __import__("flwr").__version__, "command": " ".join(sys.argv)}
     if not args.skip_inprocess:
-        k, t = choose_k_t(n, dropout=args.dropout, corrupt=0.05)
-        rows = report["inprocess"]["rows"]
-
-        def add(row):
-            rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "runs_s"}), flush=True)
-
-        specs = [(ours_inprocess, (n, d, dropped, k, t), {"dp": False}),
-                 (ours_inprocess, (n, d, dropped, k, t), {"dp": True}),
-                 (ours_bare, (n, d, dropped, k, t), {}),
-                 (flower_inprocess, (n, d, dropped, k + 1, t), {}),
-                 (flower_inprocess, (n, d, dropped, 7, 4), {})]
-        # Round robin, so a change in the machine's load hits every row alike.
-        runs: list[list[dict]] = [[] for _ in specs]
-        for _ in range(args.repeats):
-            for i, (fn, a, kw) in enumerate(specs):
-                runs[i].append(fn(*a, repeats=1, **kw, **({} if fn is ours_bare else {"serialize": False})))
-        for i, (fn, a, kw) in enumerate(specs):
-            row = dict(runs[i][0])
-            row.update(summarize([r["median_s"] for r in runs[i]]))
-            if fn is not ours_bare:  # one more run through Flower's serialization: its time and the bytes
-                ser = fn(*a, repeats=1, serialize=True, **kw)
-                row.update({"with_flower_serialization_s": ser["median_s"],
-                            "upload_bytes_per_client": ser["upload_bytes_per_client"],
-                            "download_bytes_per_client": ser["download_bytes_per_client"]})
-            add(row)
-        ours_k = rows[0]["median_s"]
-        report["inprocess"]["speedup"] = {
-            f"flower num_shares={k + 1}, threshold={t} vs ours k={k}, t={t} (same neighbourhood)":
-                rows[3]["median_s"] / ours_k,
-            f"flower example num_shares=7, threshold=4 vs ours k={k}, t={t} (our secure choice)":
-                rows[4]["median_s"] / ours_k,
-            "with Flower's serialization, same neighbourhood":
-                rows[3]["with_flower_serialization_s"] / rows[0]["with_flower_serialization_s"]}
-        print(json.dumps(report["inprocess"]["speedup"]), flush=True)
+        repeats = (args.repeats + [args.repeats[-1]] * len(args.d))[:len(args.d)]
+        report["inprocess"] = [inprocess(n, d, dropped, args.k, args.t, r, d <= args.serialized_max_d)
+                               for d, r in zip(args.d, repeats)]
+        report["machine"]["load_avg_after_inprocess"] = os.getloadavg()
     if args.engine:
-        report["engine"] = {"n": args.engine_nodes, "d": args.engine_d, "dropout": 0,
-                            **engine(args.engine_nodes, args.engine_d, args.engine_timeout)}
-        print(json.dumps(report["engine"]), flush=True)
+        report["engine"] = engine(args.engine_nodes, args.engine_d, args.engine_timeout)
     if args.engine_digits:
         report["engine_digits"] = engine_digits(args.engine_nodes, 2, 8.0, args.engine_timeout)
         print(json.dumps(report["engine_digits"]), flush=True)

@@ -25,12 +25,23 @@ Two kinds (``AccountantKind``):
     Testing Interpretations and Renyi Differential Privacy", Thm. 21) and Canonne, Kamath,
     Steinke (NeurIPS 2020, Prop. 12): eps = rdp + log((a-1)/a) - (log delta + log a)/(a-1),
     minimised over the orders a.
-- PRV: Opacus's PRVAccountant (Gopi, Lee, Wutschitz, NeurIPS 2021) for Gaussian and
-  Poisson-sampled Gaussian events, numerically tight; its upper bound (estimate + 0.01 in
-  epsilon) is reported, or the RDP bound when that is smaller (both are upper bounds, and for
-  tiny epsilons the PRV discretisation slack can exceed RDP's). Opacus is imported lazily, only
-  on this path. A history with a DDG event has no PRV here: the PRV accountant then reports the
-  RDP result and says so (``EpsilonResult.note``).
+- PLD: Google's ``dp_accounting`` privacy loss distributions, and PRV: Opacus's PRVAccountant
+  (Gopi, Lee, Wutschitz, NeurIPS 2021), for Gaussian and Poisson-sampled Gaussian histories, both
+  numerically tight upper bounds with a bounded grid (``dp.tight``); an unsampled Gaussian history
+  is computed in closed form instead (exact). The smaller of that and the RDP bound is reported
+  (both are upper bounds). A history these cannot take (a DDG event, replace-one with sampling)
+  or one too large for the grid limit (``AccountantLimitError``) is reported with RDP, and
+  ``EpsilonResult.note`` says why. dp_accounting and Opacus are imported only on these paths.
+
+Neighbouring relation (``Adjacency``). Every epsilon is for one relation. Gaussian events (noise
+added centrally, or Opacus' DP-SGD) are proved for add-remove and zero-out alike (the sum moves
+by at most the clip norm and the noise is the same). REPLACE_ONE doubles the sensitivity; with
+Poisson sampling we then use the joint convexity of exp((a-1) D_a) (an f-divergence, Csiszar
+1967): the pair is a q-mixture of the doubled-sensitivity pair with a common part, so
+exp((a-1) eps'(a)) <= 1 - q + q exp((a-1) eps_2C(a)). The DDG sum is proved for zero-out only
+(KLS 2021: the client stays and adds its noise share); add-remove would also remove that share
+(and, with a fixed cohort, bring in another client), which no analysis here covers, so an
+accountant refuses it (``DPConfigError``).
 """
 
 from __future__ import annotations
@@ -38,15 +49,15 @@ from __future__ import annotations
 import enum
 import functools
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 from scipy import special
 
-from dp.errors import DPConfigError, DPError
+from dp.errors import AccountantLimitError, DPConfigError, DPError
 from dp.events import (
+    Adjacency,
     ComposedEvent,
     DistributedDiscreteGaussianEvent,
     DPEvent,
@@ -57,12 +68,16 @@ from dp.events import (
     check_delta,
     check_positive,
     check_sampling_rate,
+    coerce_adjacency,
     event_from_dict,
 )
 
 __all__ = [
     "AccountantKind",
     "Accountant",
+    "coerce_kind",
+    "coerce_unit",
+    "default_adjacency",
     "EpsilonResult",
     "DEFAULT_RDP_ORDERS",
     "compute_epsilon",
@@ -76,6 +91,7 @@ __all__ = [
 class AccountantKind(enum.Enum):
     RDP = "rdp"
     PRV = "prv"
+    PLD = "pld"
 
 
 # Orders near 1 serve large epsilons, large orders small ones; fractional orders matter most
@@ -325,6 +341,7 @@ class EpsilonResult:
     unit: UnitOfPrivacy
     order: float | None = None  # best RDP order, for RDP results
     note: str | None = None  # e.g. why PRV fell back to RDP
+    adjacency: Adjacency | None = None  # the neighbouring relation epsilon is proved for
 
 
 # A flattened piece of history: (base event, sampling rate, count).
@@ -341,13 +358,57 @@ def _flatten(event: Any, count: int) -> list[_Atom]:
     raise DPConfigError(f"cannot account for event {event!r}: not a known DPEvent")
 
 
-def _atom_rdp(atom: _Atom, orders: tuple[float, ...]) -> np.ndarray:
-    base, q, count = atom
+def _doubled(base: DPEvent) -> DPEvent:
+    """The event with its sensitivity doubled (what replace-one moves the sum by)."""
     if isinstance(base, GaussianEvent):
+        return GaussianEvent(base.noise_multiplier / 2.0)
+    l1 = None if base.l1_sensitivity is None else 2.0 * base.l1_sensitivity
+    return DistributedDiscreteGaussianEvent(
+        l2_sensitivity=2.0 * base.l2_sensitivity, sigma=base.sigma, dim=base.dim,
+        num_clients=base.num_clients, l1_sensitivity=l1)
+
+
+def _unsampled_rdp(base: DPEvent, orders: tuple[float, ...]) -> np.ndarray:
+    if isinstance(base, GaussianEvent):
+        return _rdp_poisson_gaussian_cached(1.0, base.noise_multiplier, orders)
+    return _rdp_ddg_cached(base, 1.0, orders)
+
+
+def _atom_rdp(atom: _Atom, orders: tuple[float, ...],
+              adjacency: Adjacency = Adjacency.ZERO_OUT) -> np.ndarray:
+    base, q, count = atom
+    if adjacency is Adjacency.ADD_REMOVE and isinstance(base, DistributedDiscreteGaussianEvent):
+        raise DPConfigError(
+            "adjacency 'add-remove' is not covered for the distributed discrete Gaussian: a "
+            "departing client takes its noise share with it (the sum then has one share fewer) "
+            "and, with a fixed cohort, another client takes its place; no analysis of either is "
+            "implemented here. Use 'zero-out' or 'replace-one'")
+    if adjacency is Adjacency.REPLACE_ONE:
+        per = _unsampled_rdp(_doubled(base), orders)
+        if q < 1.0:  # joint convexity of exp((a-1) D_a): see the module docstring
+            a = np.asarray(orders, dtype=np.float64)
+            per = np.logaddexp(math.log1p(-q), math.log(q) + (a - 1.0) * per) / (a - 1.0)
+    elif isinstance(base, GaussianEvent):
         per = _rdp_poisson_gaussian_cached(q, base.noise_multiplier, orders)
     else:
         per = _rdp_ddg_cached(base, q, orders)
     return count * per
+
+
+def coerce_kind(kind: Any) -> AccountantKind:
+    """An ``AccountantKind`` from itself or its value ("rdp", "prv", "pld")."""
+    return _coerce_kind(kind)
+
+
+def coerce_unit(unit: Any) -> UnitOfPrivacy:
+    """A ``UnitOfPrivacy`` from itself or its value ("example", "client")."""
+    return _coerce_unit(unit)
+
+
+def default_adjacency(unit: UnitOfPrivacy | str) -> Adjacency:
+    """Add-remove for examples (what DP-SGD's analysis proves), zero-out for clients (DDG)."""
+    return Adjacency.ADD_REMOVE if _coerce_unit(unit) is UnitOfPrivacy.EXAMPLE \
+        else Adjacency.ZERO_OUT
 
 
 def _coerce_kind(kind: Any) -> AccountantKind:
@@ -383,10 +444,13 @@ class Accountant:
         *,
         unit: UnitOfPrivacy | str = UnitOfPrivacy.EXAMPLE,
         orders: Iterable[float] | None = None,
+        adjacency: Adjacency | str | None = None,
     ) -> None:
         self._kind = _coerce_kind(kind)
         self._unit = _coerce_unit(unit)
         self._orders = DEFAULT_RDP_ORDERS if orders is None else _check_orders(orders)
+        self._adjacency = (default_adjacency(self._unit) if adjacency is None
+                           else coerce_adjacency(adjacency))
         self._history: list[ComposedEvent] = []
 
     @property
@@ -402,6 +466,11 @@ class Accountant:
         return self._orders
 
     @property
+    def adjacency(self) -> Adjacency:
+        """The neighbouring relation this accountant's epsilon is for."""
+        return self._adjacency
+
+    @property
     def history(self) -> tuple[ComposedEvent, ...]:
         return tuple(self._history)
 
@@ -412,7 +481,8 @@ class Accountant:
         """Record ``event`` run ``count`` times. Validates first; on error nothing changes."""
         count = check_count(count)
         for atom in _flatten(event, count):
-            _atom_rdp(atom, self._orders)  # raises before any state change if unaccountable
+            # raises before any state change if unaccountable
+            _atom_rdp(atom, self._orders, self._adjacency)
         last = self._history[-1] if self._history else None
         if last is not None and last.event == event:
             self._history[-1] = ComposedEvent(event, last.count + count)
@@ -420,7 +490,8 @@ class Accountant:
             self._history.append(ComposedEvent(event, count))
 
     def copy(self) -> "Accountant":
-        other = Accountant(self._kind, unit=self._unit, orders=self._orders)
+        other = Accountant(self._kind, unit=self._unit, orders=self._orders,
+                           adjacency=self._adjacency)
         other._history = list(self._history)
         return other
 
@@ -430,41 +501,85 @@ class Accountant:
             atoms += _flatten(entry.event, entry.count)
         return atoms
 
-    def rdp(self) -> np.ndarray:
+    def rdp(self, adjacency: Adjacency | str | None = None) -> np.ndarray:
         """Total RDP at ``self.orders`` (any kind of accountant can report it)."""
+        adj = self._adjacency if adjacency is None else coerce_adjacency(adjacency)
         total = np.zeros(len(self._orders))
         for atom in self._atoms():
-            total = total + _atom_rdp(atom, self._orders)
+            total = total + _atom_rdp(atom, self._orders, adj)
         return total
 
-    def get_privacy_spent(self, delta: float) -> EpsilonResult:
-        """epsilon at ``delta`` with the accountant that produced it."""
+    def gaussian_history(self) -> list[tuple[float, float, int]] | None:
+        """(noise multiplier, sampling rate, count) per distinct Gaussian step, merged; None
+        when the history holds a DDG event."""
+        merged: dict[tuple[float, float], int] = {}
+        for base, q, count in self._atoms():
+            if not isinstance(base, GaussianEvent):
+                return None
+            key = (base.noise_multiplier, q)
+            merged[key] = merged.get(key, 0) + count
+        return [(z, q, c) for (z, q), c in merged.items()]
+
+    def get_privacy_spent(
+        self, delta: float, *, adjacency: Adjacency | str | None = None
+    ) -> EpsilonResult:
+        """epsilon at ``delta`` with the accountant that produced it.
+
+        ``adjacency`` (default: the accountant's) asks for the epsilon under another relation,
+        e.g. replace-one beside the zero-out epsilon a run promises.
+        """
         delta = check_delta(delta)
+        adj = self._adjacency if adjacency is None else coerce_adjacency(adjacency)
         atoms = self._atoms()
-        common = dict(delta=delta, requested=self._kind, unit=self._unit)
+        common = dict(delta=delta, requested=self._kind, unit=self._unit, adjacency=adj)
         if not atoms:
             return EpsilonResult(epsilon=0.0, accountant=self._kind, **common)
-        eps, order = rdp_to_epsilon(self._orders, self.rdp(), delta)
+        eps, order = rdp_to_epsilon(self._orders, self.rdp(adj), delta)
         note = None
-        if self._kind is AccountantKind.PRV:
-            if not all(isinstance(base, GaussianEvent) for base, _, _ in atoms):
-                note = (
-                    "PRV accountant fell back to RDP: the history holds a distributed discrete "
-                    "Gaussian event, which only the RDP analysis of Kairouz et al. (2021) covers"
-                )
-            else:
-                prv = _prv_epsilon(atoms, delta)
-                if prv <= eps:
-                    return EpsilonResult(epsilon=prv, accountant=AccountantKind.PRV, **common)
-                # Both are upper bounds; PRV's carries its discretisation error (0.01 in
-                # epsilon), which can exceed RDP's slack when epsilon is tiny.
-                note = f"RDP bound was tighter than the PRV upper bound ({prv:.6g})"
+        if self._kind is not AccountantKind.RDP:
+            tight, note = self._tight_epsilon(delta, adj, eps)
+            if tight is not None and tight <= eps:
+                return EpsilonResult(epsilon=tight, accountant=self._kind, note=note, **common)
+            if tight is not None:
+                # Both are upper bounds; the tight one carries its discretisation error, which
+                # can exceed RDP's slack when epsilon is tiny.
+                note = f"RDP bound was tighter than the {self._kind.value.upper()} upper bound " \
+                       f"({tight:.6g})"
         return EpsilonResult(
             epsilon=eps, accountant=AccountantKind.RDP, order=order, note=note, **common
         )
 
-    def get_epsilon(self, delta: float) -> float:
-        return self.get_privacy_spent(delta).epsilon
+    def _tight_epsilon(self, delta: float, adj: Adjacency, rdp_eps: float
+                       ) -> tuple[float | None, str | None]:
+        """(PLD/PRV epsilon or None, note); None with the note saying why RDP is used."""
+        from dp import tight  # noqa: PLC0415 - keeps scipy.optimize off the import path
+
+        name = self._kind.value.upper()
+        history = self.gaussian_history()
+        if history is None:
+            return None, (f"{name} accountant fell back to RDP: the history holds a distributed "
+                          "discrete Gaussian event, which only the RDP analysis of Kairouz et "
+                          "al. (2021) covers")
+        if adj is Adjacency.REPLACE_ONE:
+            if any(q < 1.0 for _, q, _ in history):
+                return None, (f"{name} accountant fell back to RDP: replace-one with Poisson "
+                              "sampling is bounded here only through RDP (joint convexity)")
+            history = [(z / 2.0, q, c) for z, q, c in history]
+        try:
+            if all(q == 1.0 for _, q, _ in history):
+                eps = tight.gaussian_epsilon(tight.gaussian_mu(history), delta)
+                return eps, ("unsampled Gaussian history: exact closed form (Balle and Wang "
+                             "2018) of the composed Gaussian (Dong, Roth, Su 2022)")
+            if self._kind is AccountantKind.PLD:
+                eps, interval = tight.pld_epsilon(history, delta)
+                return eps, f"dp_accounting PLD, pessimistic grid {interval:.3g}"
+            eps, err = tight.prv_epsilon(history, delta, reference_epsilon=rdp_eps)
+            return eps, f"Opacus PRV upper bound with eps_error {err:.3g}"
+        except AccountantLimitError as exc:
+            return None, f"{name} accountant fell back to RDP: {exc}"
+
+    def get_epsilon(self, delta: float, *, adjacency: Adjacency | str | None = None) -> float:
+        return self.get_privacy_spent(delta, adjacency=adjacency).epsilon
 
     # --- checkpoints ------------------------------------------------------------------------
 
@@ -475,6 +590,7 @@ class Accountant:
             "kind": self._kind.value,
             "unit": self._unit.value,
             "orders": list(self._orders),
+            "adjacency": self._adjacency.value,
             "history": [{"event": e.event.to_dict(), "count": e.count} for e in self._history],
         }
 
@@ -494,6 +610,8 @@ class Accountant:
             )
         unit = _coerce_unit(state.get("unit"))
         orders = _check_orders(state.get("orders", ()))
+        adjacency = (default_adjacency(unit) if state.get("adjacency") is None
+                     else coerce_adjacency(state["adjacency"]))
         raw = state.get("history")
         if not isinstance(raw, list):
             raise DPConfigError(f"accountant state history must be a list, got {raw!r}")
@@ -503,9 +621,10 @@ class Accountant:
                 raise DPConfigError(f"history entries need keys event and count, got {item!r}")
             entry = ComposedEvent(event_from_dict(item["event"]), item["count"])
             for atom in _flatten(entry.event, entry.count):
-                _atom_rdp(atom, orders)
+                _atom_rdp(atom, orders, adjacency)
             history.append(entry)
         self._unit, self._orders, self._history = unit, orders, history
+        self._adjacency = adjacency
 
     @classmethod
     def from_state_dict(cls, state: Any) -> "Accountant":
@@ -516,28 +635,6 @@ class Accountant:
         return acc
 
 
-def _prv_epsilon(atoms: list[_Atom], delta: float) -> float:
-    """epsilon from Opacus's PRV accountant (lazy import: Opacus only on this path)."""
-    from opacus.accountants import PRVAccountant  # noqa: PLC0415 - deliberate lazy import
-
-    merged: dict[tuple[float, float], int] = {}
-    for base, q, count in atoms:
-        key = (base.noise_multiplier, q)
-        merged[key] = merged.get(key, 0) + count
-    acc = PRVAccountant()
-    acc.history = [(z, q, steps) for (z, q), steps in merged.items()]
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # log(1 - q) at q = 1 inside Opacus
-        warnings.simplefilter("ignore", UserWarning)  # its RDP domain bound's order warnings
-        try:
-            eps = float(acc.get_epsilon(delta=delta))
-        except (ValueError, ArithmeticError, RuntimeError) as exc:
-            raise DPError(f"PRV accountant failed for history {acc.history!r}: {exc}") from exc
-    if not math.isfinite(eps):
-        raise DPError(f"PRV accountant returned epsilon {eps!r} for history {acc.history!r}")
-    return max(eps, 0.0)
-
-
 def compute_epsilon(
     *,
     sampling_rate: float,
@@ -545,11 +642,12 @@ def compute_epsilon(
     steps: int,
     delta: float,
     accountant: AccountantKind | str = AccountantKind.RDP,
+    adjacency: Adjacency | str = Adjacency.ADD_REMOVE,
 ) -> float:
     """epsilon of ``steps`` Poisson-sampled Gaussian steps (DP-SGD or DP-FedAvg rounds)."""
     event = PoissonSampledEvent(sampling_rate, GaussianEvent(noise_multiplier))
     steps = check_count(steps, "steps")
     delta = check_delta(delta)
-    acc = Accountant(accountant)
+    acc = Accountant(accountant, adjacency=adjacency)
     acc.compose(event, count=steps)
     return acc.get_epsilon(delta)

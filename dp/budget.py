@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterator, Mapping
 
-from dp.accounting import Accountant, AccountantKind, EpsilonResult, _coerce_kind, _coerce_unit
+from dp.accounting import (Accountant, AccountantKind, EpsilonResult, coerce_kind, coerce_unit,
+                           default_adjacency)
 from dp.errors import BudgetExceededError, DPConfigError
-from dp.events import DPEvent, UnitOfPrivacy, check_delta, check_positive
+from dp.events import (Adjacency, DPEvent, UnitOfPrivacy, check_delta, check_positive,
+                       coerce_adjacency)
 
 __all__ = ["PrivacyBudget", "BudgetTracker", "PerClientBudgets"]
 
@@ -24,25 +26,36 @@ _STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class PrivacyBudget:
-    """The most (epsilon, delta) a run (or one client's examples) may spend."""
+    """The most (epsilon, delta) a run (or one client's examples) may spend, under a relation.
+
+    ``adjacency`` defaults to what the unit's mechanisms prove: add-remove for examples,
+    zero-out for clients (``dp.accounting.default_adjacency``).
+    """
 
     epsilon: float
     delta: float
     unit: UnitOfPrivacy = UnitOfPrivacy.EXAMPLE
+    adjacency: Adjacency | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "epsilon", check_positive("epsilon", self.epsilon))
         object.__setattr__(self, "delta", check_delta(self.delta))
-        object.__setattr__(self, "unit", _coerce_unit(self.unit))
+        object.__setattr__(self, "unit", coerce_unit(self.unit))
+        adj = (default_adjacency(self.unit) if self.adjacency is None
+               else coerce_adjacency(self.adjacency))
+        object.__setattr__(self, "adjacency", adj)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epsilon": self.epsilon, "delta": self.delta, "unit": self.unit.value}
+        return {"epsilon": self.epsilon, "delta": self.delta, "unit": self.unit.value,
+                "adjacency": self.adjacency.value}
 
     @classmethod
     def from_dict(cls, data: Any) -> "PrivacyBudget":
-        if not isinstance(data, dict) or set(data) != {"epsilon", "delta", "unit"}:
-            raise DPConfigError(f"a budget needs keys epsilon, delta and unit, got {data!r}")
-        return cls(data["epsilon"], data["delta"], data["unit"])
+        keys = {"epsilon", "delta", "unit"}
+        if not isinstance(data, dict) or not keys <= set(data) <= keys | {"adjacency"}:
+            raise DPConfigError(f"a budget needs keys epsilon, delta and unit (optional: "
+                                f"adjacency), got {data!r}")
+        return cls(data["epsilon"], data["delta"], data["unit"], data.get("adjacency"))
 
 
 class BudgetTracker:
@@ -58,7 +71,8 @@ class BudgetTracker:
         if not isinstance(budget, PrivacyBudget):
             raise DPConfigError(f"budget must be a PrivacyBudget, got {budget!r}")
         self._budget = budget
-        self._accountant = Accountant(_coerce_kind(accountant), unit=budget.unit)
+        self._accountant = Accountant(coerce_kind(accountant), unit=budget.unit,
+                                      adjacency=budget.adjacency)
         self._client_id = client_id
 
     @property
@@ -122,7 +136,8 @@ class BudgetTracker:
                 f"tracker state must be a dict with version {_STATE_VERSION}, got {state!r}"
             )
         budget = PrivacyBudget.from_dict(state.get("budget"))
-        accountant = Accountant(self._accountant.kind, unit=budget.unit)
+        accountant = Accountant(self._accountant.kind, unit=budget.unit,
+                                adjacency=budget.adjacency)
         accountant.load_state_dict(state.get("accountant"))
         self._budget, self._accountant = budget, accountant
 
@@ -142,7 +157,7 @@ class PerClientBudgets:
         if not isinstance(budget, PrivacyBudget):
             raise DPConfigError(f"budget must be a PrivacyBudget, got {budget!r}")
         self._budget = budget
-        self._kind = _coerce_kind(accountant)
+        self._kind = coerce_kind(accountant)
         self._trackers: dict[int | str, BudgetTracker] = {}
 
     @property
@@ -211,7 +226,7 @@ class PerClientBudgets:
                 f"per-client state must be a dict with version {_STATE_VERSION}, got {state!r}"
             )
         budget = PrivacyBudget.from_dict(state.get("budget"))
-        kind = _coerce_kind(state.get("kind"))
+        kind = coerce_kind(state.get("kind"))
         clients = state.get("clients")
         if not isinstance(clients, list):
             raise DPConfigError(f"per-client state 'clients' must be a list, got {clients!r}")

@@ -18,9 +18,10 @@ import math
 import numbers
 from typing import Callable
 
-from dp.accounting import Accountant, AccountantKind, _coerce_kind
+from dp.accounting import Accountant, AccountantKind, coerce_kind
 from dp.errors import DPConfigError
 from dp.events import (
+    Adjacency,
     DistributedDiscreteGaussianEvent,
     DPEvent,
     GaussianEvent,
@@ -38,6 +39,8 @@ __all__ = [
     "calibrate_ddg",
     "ddg_l2_sensitivity",
     "make_ddg_event",
+    "dp_sgd_sampling_rate",
+    "dp_sgd_steps",
 ]
 
 # e^{-1/2}: a common choice in DDG implementations; any beta in [0, 1) works (0: plain rounding).
@@ -130,7 +133,7 @@ def calibrate_noise_multiplier(
     delta = check_delta(delta)
     q = check_sampling_rate(sampling_rate)
     steps = check_count(steps, "steps")
-    kind = _coerce_kind(accountant)
+    kind = coerce_kind(accountant)
     rtol = _check_rtol(rtol)
 
     def eps_of(z: float) -> float:
@@ -139,9 +142,9 @@ def calibrate_noise_multiplier(
         return acc.get_epsilon(delta)
 
     start, factor = 1.0, 2.0
-    if kind is AccountantKind.PRV:
-        # The PRV accountant never reports more than RDP, so the (cheap) RDP answer meets the
-        # target: start there and step down in small factors.
+    if kind is not AccountantKind.RDP:
+        # PRV and PLD never report more than RDP, so the (cheap) RDP answer meets the target:
+        # start there and step down in small factors.
         start = calibrate_noise_multiplier(
             target_epsilon=target, delta=delta, sampling_rate=q, steps=steps, rtol=rtol
         )
@@ -161,6 +164,27 @@ def calibrate_noise_multiplier(
             f"{_Z_MIN:g} (delta={delta!r}, sampling_rate={q!r}, steps={steps!r}); "
             "calibration below that is not supported"
         ) from None
+
+
+def dp_sgd_sampling_rate(*, num_examples: int, batch_size: int) -> float:
+    """The sampling rate Opacus records for each DP-SGD step, i.e. the rate a charge uses.
+
+    With L = ceil(num_examples / batch_size) batches, Opacus samples at 1/L but runs and accounts
+    int(1 / (1/L)) steps per epoch at rate 1 / that count; for some L (93, 99, 105, 117, 123,
+    186, ...) float rounding makes it L - 1, so the charged rate is 1/(L-1) > 1/L. A budget
+    check must use this rate, not 1/L (``dp.opacus_adapter.train_dp_sgd`` records it).
+    """
+    n = check_count(num_examples, "num_examples")
+    b = check_count(batch_size, "batch_size")
+    batches = math.ceil(n / b)
+    return 1.0 / int(1.0 / (1.0 / batches))
+
+
+def dp_sgd_steps(*, num_examples: int, batch_size: int, epochs: int) -> int:
+    """Noisy steps ``train_dp_sgd`` takes for ``epochs`` epochs: epochs * ceil(n / B)."""
+    n = check_count(num_examples, "num_examples")
+    b = check_count(batch_size, "batch_size")
+    return check_count(epochs, "epochs") * math.ceil(n / b)
 
 
 def ddg_l2_sensitivity(
@@ -218,13 +242,15 @@ def calibrate_ddg(
     sampling_rate: float = 1.0,
     steps: int = 1,
     rtol: float = 1e-4,
+    adjacency: Adjacency | str = Adjacency.ZERO_OUT,
 ) -> float:
     """Per-client discrete Gaussian parameter (integer units) meeting (target_epsilon, delta).
 
     ``num_clients`` is the smallest number of noisy shares in any released sum (secagg's
     ``min_survivors``), ``steps`` the number of rounds, ``sampling_rate`` the Poisson rate at
     which clients join a round (1 = every round has them all; then no amplification is
-    claimed). Accounted with RDP (the only DDG analysis here); unit of privacy: one client.
+    claimed). Accounted with RDP (the only DDG analysis here); unit of privacy: one client;
+    ``adjacency`` zero-out (default) or replace-one (add-remove raises DPConfigError).
     The answer is at least 0.5, the smallest parameter the DDG analysis covers.
     """
     target = check_positive("target_epsilon", target_epsilon)
@@ -248,7 +274,7 @@ def calibrate_ddg(
         )
         if q < 1.0:
             event = PoissonSampledEvent(q, event)
-        acc = Accountant(AccountantKind.RDP, unit=UnitOfPrivacy.CLIENT)
+        acc = Accountant(AccountantKind.RDP, unit=UnitOfPrivacy.CLIENT, adjacency=adjacency)
         acc.compose(event, count=steps)
         return acc.get_epsilon(delta)
 

@@ -1,9 +1,9 @@
 """``python -m dp``: epsilon and noise planning for DP-SGD and DP-FedAvg, like TF Privacy's.
 
     python -m dp epsilon --sampling-rate Q --noise-multiplier Z --steps S --delta D
-                         [--accountant rdp|prv] [--json]
+                         [--accountant rdp|prv|pld] [--json]
     python -m dp noise --target-epsilon E --sampling-rate Q --steps S --delta D
-                       [--accountant rdp|prv] [--json]
+                       [--accountant rdp|prv|pld] [--json]
 
 A bad value prints one line on stderr and exits with status 2; no traceback.
 """

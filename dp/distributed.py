@@ -15,11 +15,18 @@ Secure Aggregation" (ICML 2021, arXiv:2102.06387v4), Algorithms 1 and 2. Each cl
 The server gets the sum of the survivors' words mod 2**bits from secure aggregation, maps it to
 centered integers in [-2**(bits-1), 2**(bits-1)), multiplies by gamma and un-rotates.
 
-Dropouts. Each client's noise parameter is s = sigma / sqrt(min_survivors): the noise of any
-min_survivors shares sums to the target variance sigma^2, and secagg never releases a sum over
-fewer clients. A sum over more survivors carries more noise, which only helps: the extra shares
-are independent of the target client's data (post-processing), so the guarantee computed for
-min_survivors shares holds for every sum secagg can release.
+Dropouts and colluders. A server colluding with c clients knows their noise shares and can
+subtract them, so only the honest survivors' noise counts: each client's noise parameter is
+s = sigma / sqrt(h) with h = min_survivors - colluders (``DDGConfig.honest_survivors``). The noise
+of any h honest shares sums to the target variance sigma^2, and secagg never releases a sum over
+fewer than min_survivors clients, of which at most c collude. A sum over more survivors carries
+more noise, which only helps: the extra shares are independent of the target client's data
+(post-processing), so the guarantee computed for h shares holds for every sum secagg can release.
+
+Neighbouring relation (``DDGConfig.adjacency``): zero-out (the client stays, keeps its noise
+share, its update replaced by 0; what KLS 2021 prove) or replace-one (its update replaced by
+another: sensitivity doubled). Add-remove would also take away its noise share, which no
+analysis here covers: refused.
 
 Range (the paper's Sec. 4.4 / Eq. 61 rule, also the authors' code): the modulus 2**bits must hold k
 standard deviations each side of the aggregate of up to n = num_clients clients, modelled as
@@ -39,13 +46,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 from secagg.encoding import MAX_BITS, word_dtype
 
 from .calibration import DEFAULT_BETA, calibrate_ddg, make_ddg_event
 from .errors import DPConfigError, DPError
 from .events import (
+    Adjacency,
     DistributedDiscreteGaussianEvent,
+    coerce_adjacency,
     check_count,
     check_delta,
     check_positive,
@@ -111,9 +121,12 @@ class DDGConfig:
     """What a DDG round needs; ``plan()`` turns it into gamma, the noise and the DP event.
 
     ``num_clients`` (n) is the most clients whose shares can be summed (the range must hold
-    them); ``min_survivors`` the fewest (the noise is calibrated for them). Give either a target
-    (``epsilon``, ``delta``) for ``rounds`` rounds at client sampling rate ``sampling_rate``, or a
-    ``noise_multiplier`` z: the noise std of the sum over min_survivors is z * l2_clip.
+    them); ``min_survivors`` the fewest; ``colluders`` the clients that may collude with the
+    server (secagg's tolerated corrupt count): the noise is calibrated for the
+    ``honest_survivors`` = min_survivors - colluders shares the server cannot subtract. Give
+    either a target (``epsilon``, ``delta``) for ``rounds`` rounds at client sampling rate
+    ``sampling_rate``, or a ``noise_multiplier`` z: the noise std of the honest survivors' sum is
+    z * l2_clip. ``adjacency``: zero-out (default) or replace-one; add-remove is refused.
     """
 
     l2_clip: float
@@ -128,6 +141,8 @@ class DDGConfig:
     sampling_rate: float = 1.0
     beta: float = DEFAULT_BETA
     k_stddevs: float = 4.0
+    colluders: int = 0
+    adjacency: Adjacency = Adjacency.ZERO_OUT
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -139,6 +154,18 @@ class DDGConfig:
         if self.min_survivors > self.num_clients:
             raise DPConfigError(f"min_survivors={self.min_survivors} exceeds "
                                 f"num_clients={self.num_clients}")
+        set_(self, "colluders", check_count(self.colluders, "colluders", minimum=0))
+        if self.colluders >= self.min_survivors:
+            raise DPConfigError(f"colluders={self.colluders} leaves no honest survivor among "
+                                f"min_survivors={self.min_survivors}")
+        set_(self, "adjacency", coerce_adjacency(self.adjacency))
+        if self.adjacency is Adjacency.ADD_REMOVE:
+            raise DPConfigError(
+                "adjacency='add-remove' is not offered for the distributed discrete Gaussian: "
+                "a departing client takes its noise share (the sum then has one share fewer) and, "
+                "with a fixed cohort, another client takes its place; no analysis of that is "
+                "implemented. Use 'zero-out' (the client stays, its update replaced by 0) or "
+                "'replace-one' (its update replaced by another)")
         set_(self, "rounds", check_count(self.rounds, "rounds"))
         set_(self, "sampling_rate", check_sampling_rate(self.sampling_rate))
         set_(self, "k_stddevs", check_positive("k_stddevs", self.k_stddevs))
@@ -164,6 +191,11 @@ class DDGConfig:
         choose_gamma(l2_clip=self.l2_clip, bits=self.bits, padded_dim=padded_dim(self.dim),
                      num_clients=self.num_clients, client_sigma=0.0, k_stddevs=self.k_stddevs)
 
+    @property
+    def honest_survivors(self) -> int:
+        """The fewest noise shares the server (with its colluders) cannot subtract."""
+        return self.min_survivors - self.colluders
+
     def plan(self) -> DDGPlan:
         """Choose gamma and the per-client noise; DPConfigError if the bit width cannot work."""
         size = padded_dim(self.dim)
@@ -174,15 +206,19 @@ class DDGConfig:
                                 k_stddevs=self.k_stddevs)
 
         if self.noise_multiplier is not None:
-            client_std = self.noise_multiplier * self.l2_clip / math.sqrt(self.min_survivors)
+            # replace-one moves the sum by up to 2 * l2_clip: twice the noise for the same z
+            scale = 2.0 if self.adjacency is Adjacency.REPLACE_ONE else 1.0
+            client_std = (scale * self.noise_multiplier * self.l2_clip
+                          / math.sqrt(self.honest_survivors))
             gamma = gamma_for(client_std)
             return self._finish(gamma, client_std / gamma, size)
 
         def sigma_for(gamma: float) -> float:  # per-client parameter in integer units
             return calibrate_ddg(
                 target_epsilon=self.epsilon, delta=self.delta, l2_clip=self.l2_clip,
-                scale=1.0 / gamma, dim=size, num_clients=self.min_survivors, beta=self.beta,
-                sampling_rate=self.sampling_rate, steps=self.rounds, rtol=_CALIBRATION_RTOL)
+                scale=1.0 / gamma, dim=size, num_clients=self.honest_survivors, beta=self.beta,
+                sampling_rate=self.sampling_rate, steps=self.rounds, rtol=_CALIBRATION_RTOL,
+                adjacency=self.adjacency)
 
         # Both maps are non-decreasing, so iterating from the signal-only gamma climbs to the
         # least fixed point when one exists, in ever smaller steps; with too few bits the
@@ -206,7 +242,7 @@ class DDGConfig:
 
     def _finish(self, gamma: float, client_sigma: float, size: int) -> DDGPlan:
         event = make_ddg_event(l2_clip=self.l2_clip, scale=1.0 / gamma, dim=size,
-                               num_clients=self.min_survivors, client_sigma=client_sigma,
+                               num_clients=self.honest_survivors, client_sigma=client_sigma,
                                beta=self.beta)
         return DDGPlan(config=self, gamma=gamma, padded_dim=size, client_sigma=client_sigma,
                        event=event)
@@ -245,8 +281,25 @@ class DDGPlan:
 
     @property
     def central_sigma(self) -> float:
-        """Noise std per coordinate, real units, of a sum over min_survivors (the target)."""
-        return self.noise_std(self.config.min_survivors)
+        """Noise std per coordinate, real units, of the honest survivors' sum (the target)."""
+        return self.noise_std(self.config.honest_survivors)
+
+    def wrap_probability(self, clients: int | None = None) -> tuple[float, float]:
+        """(per coordinate, per round) probability that the sum wraps the modulus.
+
+        The plan's own worst-case model (Sec. 4.4 of KLS 2021, the one gamma was chosen by):
+        each coordinate of the sum over ``clients`` (default num_clients) is Gaussian with
+        variance (c^2 n^2/D + n (gamma^2/4 + s^2 gamma^2)) / gamma^2 in integer units; it wraps
+        when it leaves [-2^(bits-1), 2^(bits-1)). Per round: 1 - (1 - p)^D over the D words.
+        Utility only: a wrapped sum is a wrong model update, never a privacy loss.
+        """
+        cfg = self.config
+        n = cfg.num_clients if clients is None else check_count(clients, "clients")
+        g, c, d = self.gamma, cfg.l2_clip, self.padded_dim
+        var = (c * c * n * n / d + n * (g * g / 4 + (self.client_sigma * g) ** 2)) / (g * g)
+        k = 2.0 ** (cfg.bits - 1) / math.sqrt(var)
+        per_coordinate = float(2.0 * special.ndtr(-k))
+        return per_coordinate, float(-np.expm1(d * np.log1p(-per_coordinate)))
 
     def noise_std(self, survivors: int) -> float:
         """Nominal noise std per coordinate, real units, of the decoded sum over ``survivors``."""

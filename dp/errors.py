@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from secagg.errors import SecAggError
 
-__all__ = ["DPError", "DPConfigError", "BudgetExceededError"]
+__all__ = ["DPError", "DPConfigError", "AccountantLimitError", "BudgetExceededError"]
 
 
 class DPError(SecAggError):
@@ -17,6 +17,12 @@ class DPError(SecAggError):
 
 class DPConfigError(DPError, ValueError):
     """A privacy parameter is invalid (z <= 0, delta outside (0, 1), q outside (0, 1], ...)."""
+
+
+class AccountantLimitError(DPError):
+    """An accountant call would need more memory or time than its stated limit; nothing was
+    computed. The message names the history and the limit; a looser accountant (RDP) still
+    answers."""
 
 
 class BudgetExceededError(DPError):

@@ -25,6 +25,8 @@ from dp.errors import DPConfigError
 
 __all__ = [
     "UnitOfPrivacy",
+    "Adjacency",
+    "coerce_adjacency",
     "DPEvent",
     "GaussianEvent",
     "PoissonSampledEvent",
@@ -39,6 +41,45 @@ class UnitOfPrivacy(enum.Enum):
 
     EXAMPLE = "example"
     CLIENT = "client"
+
+
+class Adjacency(enum.Enum):
+    """The neighbouring relation an epsilon is proved for (what one neighbour differs by).
+
+    - ``ZERO_OUT``: one record's contribution is replaced by zero; the record (a client) stays
+      in the cohort and still adds its noise share.
+    - ``REPLACE_ONE``: one record's data is replaced by arbitrary other data (sensitivity
+      doubled: the sum moves by up to twice the clip norm).
+    - ``ADD_REMOVE``: one record is added or removed (and, for a client, its noise share with it).
+    """
+
+    ZERO_OUT = "zero-out"
+    REPLACE_ONE = "replace-one"
+    ADD_REMOVE = "add-remove"
+
+    @property
+    def words(self) -> str:
+        """What one neighbour differs by, in a sentence for reports."""
+        return _ADJACENCY_WORDS[self]
+
+
+_ADJACENCY_WORDS = {
+    Adjacency.ZERO_OUT: "one neighbour has one record's contribution replaced by zero; that "
+    "record (client) stays and still adds its noise share",
+    Adjacency.REPLACE_ONE: "one neighbour has one record's data replaced by arbitrary other data",
+    Adjacency.ADD_REMOVE: "one neighbour has one record more or one fewer",
+}
+
+
+def coerce_adjacency(value: Any) -> Adjacency:
+    """An ``Adjacency`` from itself or its value ("zero-out", ...); DPConfigError otherwise."""
+    if isinstance(value, Adjacency):
+        return value
+    try:
+        return Adjacency(value)
+    except ValueError:
+        choices = [a.value for a in Adjacency]
+        raise DPConfigError(f"adjacency must be one of {choices}, got {value!r}") from None
 
 
 # --- validation helpers, shared by the other modules of the package ---------------------------

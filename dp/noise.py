@@ -32,7 +32,12 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .errors import DPConfigError
 
-__all__ = ["SEED_BYTES", "NoiseGenerator", "discrete_gaussian", "skellam"]
+__all__ = ["SEED_BYTES", "SECURE_GAUSSIAN_NAME", "NoiseGenerator", "discrete_gaussian", "skellam",
+           "gaussian", "secure_gaussian"]
+
+#: What privacy.json's ``local_training.dp_sgd_noise_generator`` says DP-SGD noise comes from.
+SECURE_GAUSSIAN_NAME = ("dp.noise AES-256-CTR keystream; Box-Muller in float64; sum of 4 draws "
+                        "(Holohan and Braghin 2021, as Opacus secure_mode)")
 
 SEED_BYTES = 32
 #: Initial CTR block: a domain label, so a seed reused elsewhere (e.g. as a mask seed) gives another
@@ -181,3 +186,46 @@ def skellam(shape: Shape, mu: float, *, gen: NoiseGenerator) -> np.ndarray:
         return np.zeros(dims, dtype=np.int64)
     p = gen.numpy.poisson(mu, size=(2, n))
     return (p[0] - p[1]).astype(np.int64, copy=False).reshape(dims)
+
+
+def gaussian(n: int, *, gen: NoiseGenerator) -> np.ndarray:
+    """``n`` standard normals (float64) by Box-Muller on keystream uniforms.
+
+    U1 lies on the 2^-52 grid of (0, 1], so the radius sqrt(-2 log U1) is at most 8.49: the
+    tail beyond 8.49 (mass 2e-17) is cut. Used through ``secure_gaussian`` for DP-SGD.
+    """
+    n = int(n)
+    if n < 0:
+        raise DPConfigError(f"n must be >= 0, got {n!r}")
+    half = (n + 1) // 2
+    u = gen.uniform(2 * half).reshape(2, half)
+    r = np.log(u[0])
+    r *= -2.0
+    np.sqrt(r, out=r)
+    theta = u[1]
+    theta *= 2.0 * math.pi
+    out = np.empty(2 * half)
+    np.multiply(r, np.cos(theta), out=out[:half])
+    np.multiply(r, np.sin(theta), out=out[half:])
+    return out[:n]
+
+
+def secure_gaussian(n: int, std: float, *, gen: NoiseGenerator) -> np.ndarray:
+    """``n`` draws of N(0, std^2) (float64), hardened against floating-point attacks.
+
+    Mironov (CCS 2012) showed that the floating-point output of a textbook sampler plus a private
+    value reveals the value through which floats the noise can and cannot produce. Holohan and
+    Braghin ("Secure Random Sampling in Differential Privacy", ESORICS 2021, arXiv:2107.10138,
+    Sec. 5.1) defend by summing 2n independent draws: the sum of four N(0, std^2) draws halved
+    is N(0, std^2), and telling which values it can take needs a search over 2^(53*3) states.
+    That is what Opacus' secure_mode does with torch's generator; here every uniform comes from
+    the AES-CTR keystream, so the draws are also unpredictable without the seed.
+    """
+    std = _check_scale("std", std, _MAX_SIGMA)
+    out = np.zeros(int(n))
+    if std == 0.0 or n == 0:
+        return out
+    for _ in range(4):
+        out += gaussian(n, gen=gen)
+    out *= std / 2.0
+    return out

@@ -9,9 +9,13 @@ initial trainable parameters, flattened) with the privacy event that covers it:
 own accountant recorded, so what we account for is what ran. The caller's model is never wrapped
 or modified.
 
-Randomness: Poisson sampling and noise come from torch generators (seeded from ``seed`` when
-given, for tests), which are not cryptographically secure; Opacus' ``secure_mode`` needs
-``torchcsprng``. Report this with any guarantee you publish.
+Noise (``NoiseSource``). By default (``CSPRNG``) the Gaussian noise of every step comes from
+``dp.noise``'s AES-256-CTR keystream through ``dp.noise.secure_gaussian`` (the sum-of-four
+construction Opacus' secure_mode uses against floating-point attacks, Holohan and Braghin 2021),
+plugged in through Opacus' public extension point: a ``DPOptimizer`` subclass whose
+``add_noise`` adds that noise (``SECURE_GAUSSIAN_NAME`` names it). ``TORCH`` keeps Opacus' plain
+``torch.normal`` (Mersenne Twister), for comparisons only. Poisson sampling still uses a torch
+generator (seeded from the OS, or from ``seed`` in tests).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import enum
+import hashlib
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -27,14 +32,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.batch_memory_manager import BatchMemoryManager
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .accounting import AccountantKind, _coerce_kind
+from .accounting import AccountantKind, coerce_kind
 from .calibration import calibrate_noise_multiplier
 from .errors import DPConfigError
+from .grad_sample import GradSampleMode
+from .noise import SECURE_GAUSSIAN_NAME, NoiseGenerator, secure_gaussian
 from .events import (
     ComposedEvent,
     GaussianEvent,
@@ -45,16 +54,64 @@ from .events import (
     check_positive,
 )
 
-__all__ = ["GradSampleMode", "DPSGDResult", "train_dp_sgd"]
+__all__ = ["GradSampleMode", "NoiseSource", "DPSGDResult", "CSPRNGDPOptimizer",
+           "CSPRNGDPOptimizerFastGradientClipping", "train_dp_sgd", "TORCH_NORMAL_NAME"]
+
+TORCH_NORMAL_NAME = "torch.normal (Mersenne Twister), Opacus without secure_mode"
 
 
-class GradSampleMode(enum.Enum):
-    """How Opacus gets per-example gradient norms (same privacy, different speed and memory)."""
+class NoiseSource(enum.Enum):
+    """Where DP-SGD's Gaussian noise comes from."""
 
-    HOOKS = "hooks"  # module hooks, per-layer grad samplers (the default)
-    GHOST = "ghost"  # ghost clipping: norms without materializing per-example gradients
-    FUNCTORCH = "functorch"  # torch.func vmap over the per-example loss
-    EW = "ew"  # torch's ExpandedWeights
+    CSPRNG = "csprng"  # dp.noise keystream, sum-of-four construction (the default)
+    TORCH = "torch"  # torch.normal, Opacus' default; for comparisons only
+
+    @property
+    def description(self) -> str:
+        return SECURE_GAUSSIAN_NAME if self is NoiseSource.CSPRNG else TORCH_NORMAL_NAME
+
+
+class _KeystreamNoise:
+    """``add_noise`` with noise from a ``NoiseGenerator`` (a mixin for Opacus' optimizers).
+
+    Opacus' own ``add_noise`` runs with the noise multiplier set to 0 (it then adds exact zeros
+    and does its bookkeeping), and our noise of std noise_multiplier * max_grad_norm is added to
+    each gradient after it; the multiplier is restored before the accountant's step hook reads it.
+    """
+
+    def __init__(self, *args, keystream: NoiseGenerator, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.keystream = keystream
+
+    def add_noise(self) -> None:
+        z = self.noise_multiplier
+        self.noise_multiplier = 0.0
+        try:
+            super().add_noise()
+        finally:
+            self.noise_multiplier = z
+        std = z * self.max_grad_norm
+        for p in self.params:
+            noise = secure_gaussian(p.grad.numel(), std, gen=self.keystream)
+            p.grad += torch.from_numpy(noise).to(p.grad.device, p.grad.dtype).view_as(p.grad)
+
+
+class CSPRNGDPOptimizer(_KeystreamNoise, DPOptimizer):
+    """Opacus' DPOptimizer with noise from ``dp.noise`` (see ``_KeystreamNoise``)."""
+
+
+class CSPRNGDPOptimizerFastGradientClipping(_KeystreamNoise, DPOptimizerFastGradientClipping):
+    """Opacus' ghost-clipping optimizer with noise from ``dp.noise``."""
+
+
+def _check_noise(noise: NoiseSource | str) -> NoiseSource:
+    if isinstance(noise, NoiseSource):
+        return noise
+    try:
+        return NoiseSource(noise)
+    except ValueError:
+        choices = [m.value for m in NoiseSource]
+        raise DPConfigError(f"noise must be one of {choices}, got {noise!r}") from None
 
 
 @dataclass(frozen=True)
@@ -82,6 +139,7 @@ class DPSGDResult:
     unit: UnitOfPrivacy = UnitOfPrivacy.EXAMPLE
     delta: float | None = None
     opacus_epsilon: float | None = None
+    noise_generator: str = SECURE_GAUSSIAN_NAME
 
 
 def _check_mode(mode: GradSampleMode | str) -> GradSampleMode:
@@ -153,17 +211,20 @@ def train_dp_sgd(
     optimizer_factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
     device: torch.device | str | None = None,
     seed: int | None = None,
+    noise: NoiseSource | str = NoiseSource.CSPRNG,
 ) -> DPSGDResult:
     """Train a copy of ``model`` with DP-SGD and return its update and privacy event.
 
     Give exactly one of ``epochs`` / ``steps`` and one of ``noise_multiplier`` /
     ``target_epsilon`` (which needs ``delta``; the noise is then the smallest our ``accountant``
-    accepts for the planned steps). The expected batch is ``batch_size`` examples: the sampling
-    rate is q = 1 / len(loader), as in Opacus. ``loss_fn`` (default cross-entropy) must average
+    accepts for the planned steps). The expected batch is ``batch_size`` examples: the accounted
+    sampling rate is Opacus' 1 / int(1 / (1 / len(loader))) (``dp.calibration
+    .dp_sgd_sampling_rate``), and the noise is calibrated for that rate. ``loss_fn`` (default cross-entropy) must average
     over the batch; ``optimizer_factory`` (default SGD with ``lr``) receives the copy's parameters.
     """
     mode = _check_mode(grad_sample_mode)
-    kind = _coerce_kind(accountant)
+    source = _check_noise(noise)
+    kind = coerce_kind(accountant)
     max_grad_norm = check_positive("max_grad_norm", max_grad_norm)
     if (epochs is None) == (steps is None):
         raise DPConfigError(f"give exactly one of epochs and steps, got epochs={epochs!r}, "
@@ -194,7 +255,7 @@ def train_dp_sgd(
     loader = _loader(data, batch_size, sample_gen)
     planned = (check_count(steps, "steps") if steps is not None
                else check_count(epochs, "epochs") * len(loader))
-    q = 1.0 / len(loader)
+    q = 1.0 / int(1.0 / (1.0 / len(loader)))  # the rate Opacus will record (and we charge)
     if target_epsilon is not None:
         noise_multiplier = calibrate_noise_multiplier(
             target_epsilon=target_epsilon, delta=delta, sampling_rate=q, steps=planned,
@@ -219,6 +280,9 @@ def train_dp_sgd(
         gsm, dp_opt, criterion, dp_loader = wrapped
     else:
         (gsm, dp_opt, dp_loader), criterion = wrapped, loss_fn
+    if source is NoiseSource.CSPRNG:
+        dp_opt, criterion = _with_keystream_noise(engine, gsm, dp_opt, criterion, dp_loader,
+                                                  loss_fn, mode, seed)
 
     def taken() -> int:  # noisy steps Opacus' accountant has recorded so far
         return sum(int(n) for _, _, n in engine.accountant.history)
@@ -277,5 +341,27 @@ def train_dp_sgd(
         event=event, steps=n_steps, examples=examples, noise_multiplier=z_run,
         sampling_rate=q_run, max_grad_norm=max_grad_norm,
         mean_loss=loss_sum / examples if examples else math.nan, model=trained,
-        delta=delta, opacus_epsilon=opacus_eps,
+        delta=delta, opacus_epsilon=opacus_eps, noise_generator=source.description,
     )
+
+
+def _with_keystream_noise(engine, gsm, dp_opt, criterion, dp_loader, loss_fn, mode, seed):
+    """Opacus' optimizer (and ghost criterion) rebuilt as the keystream-noise subclass.
+
+    Same arguments as Opacus gave its own, and the accountant's step hook attached as
+    ``make_private`` does; the optimizer it built is dropped before any step.
+    """
+    key = (None if seed is None
+           else hashlib.sha256(b"dp.opacus_adapter.noise" + str(seed).encode()).digest())
+    cls = (CSPRNGDPOptimizerFastGradientClipping if mode is GradSampleMode.GHOST
+           else CSPRNGDPOptimizer)
+    if type(dp_opt) not in (DPOptimizer, DPOptimizerFastGradientClipping):  # pragma: no cover
+        raise DPConfigError(f"keystream noise needs Opacus' flat-clipping optimizer, got "
+                            f"{type(dp_opt).__name__}")
+    opt = cls(dp_opt.original_optimizer, noise_multiplier=dp_opt.noise_multiplier,
+              max_grad_norm=dp_opt.max_grad_norm, expected_batch_size=dp_opt.expected_batch_size,
+              loss_reduction=dp_opt.loss_reduction, keystream=NoiseGenerator(key))
+    opt.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=1 / len(dp_loader)))
+    if mode is GradSampleMode.GHOST:
+        criterion = DPLossFastGradientClipping(gsm, opt, loss_fn, "mean")
+    return opt, criterion

@@ -1,15 +1,26 @@
 """Private federated training: the loop (``run``), its config, data, models, local training,
-server optimizers, checkpoints and personalization. ``python -m fl_core run`` is the CLI."""
+server optimizers, checkpoints and personalization. ``python -m fl_core run`` is the CLI.
 
-from fl_core.audit.checks import audit_run, write_audit
-from fl_core.learn.client import LocalResult, SampleDP, evaluate, local_train
-from fl_core.config import RunConfig, default_config, dump_config, load_config
-from fl_core.learn.data import FederatedDataset, load_federated
-from fl_core.errors import CheckpointError, ConfigFieldError, FLError, ShapeMismatchError
-from fl_core.learn.models import build_model
-from fl_core.learn.params import load_pretrained, model_to_vector, vector_to_model
-from fl_core.run.loop import RunSummary, run
-from fl_core.learn.strategy import make_server_optimizer
+The names below are loaded on first use (PEP 562), so ``import fl_core`` and the light modules
+(``fl_core.secure``: what a Flower node runs for every protocol message) load no torch."""
+
+import importlib
+
+_WHERE = {
+    "audit_run": "fl_core.audit.checks", "write_audit": "fl_core.audit.checks",
+    "LocalResult": "fl_core.learn.client", "SampleDP": "fl_core.learn.client", "evaluate": "fl_core.learn.client",
+    "local_train": "fl_core.learn.client",
+    "RunConfig": "fl_core.config", "default_config": "fl_core.config", "dump_config": "fl_core.config",
+    "load_config": "fl_core.config",
+    "FederatedDataset": "fl_core.learn.data", "load_federated": "fl_core.learn.data",
+    "CheckpointError": "fl_core.errors", "ConfigFieldError": "fl_core.errors", "FLError": "fl_core.errors",
+    "ShapeMismatchError": "fl_core.errors",
+    "build_model": "fl_core.learn.models",
+    "load_pretrained": "fl_core.learn.params", "model_to_vector": "fl_core.learn.params",
+    "vector_to_model": "fl_core.learn.params",
+    "RunSummary": "fl_core.run.loop", "run": "fl_core.run.loop",
+    "make_server_optimizer": "fl_core.learn.strategy",
+}
 
 __all__ = [
     "run", "RunSummary", "audit_run", "write_audit", "RunConfig", "default_config", "load_config", "dump_config",
@@ -17,3 +28,15 @@ __all__ = [
     "model_to_vector", "vector_to_model", "load_pretrained", "make_server_optimizer",
     "FLError", "ConfigFieldError", "ShapeMismatchError", "CheckpointError",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'fl_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import masking, wire
 from .config import Mode, RoundConfig
+from .excess import excess_owners
 from .errors import (AbortedError, AuthenticationError, DecodeError, InputError, LocalProtocolError,
                      RefusedRequestError, RemoteProtocolError, SecAggError, UnexpectedMessageError,
                      UnknownClientError, WrongSessionError)
@@ -69,11 +70,16 @@ def mask_sign(u: int, v: int) -> int:
 
 
 class ClientParty:
-    """One client in one round. ``input_words`` may be given now or later with ``set_input``."""
+    """One client in one round. ``input_words`` may be given now or later with ``set_input``.
+
+    With ``config.excess_noise`` the client also holds ``noise_seed`` (32 bytes: the seed its DP
+    noise share was drawn from); it is shared like b_u and revealed only as the excess rule says.
+    """
 
     def __init__(self, config: RoundConfig, client_id: int, input_words: np.ndarray | None = None, *,
                  signing_key: SigningKey | None = None,
-                 randbytes: Callable[[int], bytes] = os.urandom) -> None:
+                 randbytes: Callable[[int], bytes] = os.urandom,
+                 noise_seed: bytes | None = None) -> None:
         if client_id not in config.client_ids:
             raise LocalProtocolError(f"client id {client_id} is not in the round's client_ids")
         if (config.mode is Mode.ACTIVE) != (signing_key is not None):
@@ -84,6 +90,12 @@ class ClientParty:
         self.config = config
         self.id = client_id
         self.neighbours = frozenset(config.neighbours(client_id))
+        if config.excess_noise != (noise_seed is not None):
+            raise LocalProtocolError("config.excess_noise needs a noise_seed, and a round without it "
+                                     "must not be given one")
+        if noise_seed is not None and (not isinstance(noise_seed, bytes) or len(noise_seed) != 32):
+            raise LocalProtocolError(f"noise_seed must be 32 bytes, got {noise_seed!r:.60}")
+        self._noise_seed = noise_seed
         self._signing_key = signing_key
         self._randbytes = randbytes
         self._input: np.ndarray | None = None
@@ -92,7 +104,7 @@ class ClientParty:
         self._mask: kex.KeyPair | None = None
         self._self_seed: bytes | None = None
         self._peers: dict[int, tuple[bytes, bytes]] = {}   # U1 neighbours: id -> (c_pk, s_pk)
-        self._held: dict[int, tuple[bytes, bytes]] = {}    # U2 neighbours: id -> (sk share, b share)
+        self._held: dict[int, tuple[bytes, ...]] = {}      # U2 neighbours: (sk, b[, noise seed]) shares
         self._share_keys: dict[int, bytes] = {}            # AEAD key per U1 neighbour, agreed once
         self._survivors: tuple[int, ...] | None = None
         if input_words is not None:
@@ -155,7 +167,7 @@ class ClientParty:
         raise AbortedError(f"client {self.id} aborts: {why}")
 
     def _forget(self) -> None:
-        self._self_seed = self._mask = self._channel = None
+        self._self_seed = self._mask = self._channel = self._noise_seed = None
         self._held.clear()
         self._share_keys.clear()
 
@@ -176,9 +188,9 @@ class ClientParty:
                 "stage": self.stage.value,
                 "channel": [self._channel.private.hex(), self._channel.public.hex()] if self._channel else None,
                 "mask": [self._mask.private.hex(), self._mask.public.hex()] if self._mask else None,
-                "self_seed": hx(self._self_seed),
+                "self_seed": hx(self._self_seed), "noise_seed": hx(self._noise_seed),
                 "peers": {str(v): [c.hex(), s.hex()] for v, (c, s) in self._peers.items()},
-                "held": {str(v): [a.hex(), b.hex()] for v, (a, b) in self._held.items()},
+                "held": {str(v): [x.hex() for x in shares] for v, shares in self._held.items()},
                 "share_keys": {str(v): k.hex() for v, k in self._share_keys.items()},
                 "survivors": None if self._survivors is None else list(self._survivors)}
         body = json.dumps(head, separators=(",", ":")).encode()
@@ -206,7 +218,8 @@ class ClientParty:
                     for k in ("channel", "mask")]
             self_seed = unhex(head["self_seed"])
             peers = {int(v): (bytes.fromhex(c), bytes.fromhex(s)) for v, (c, s) in head["peers"].items()}
-            held = {int(v): (bytes.fromhex(a), bytes.fromhex(b)) for v, (a, b) in head["held"].items()}
+            held = {int(v): tuple(bytes.fromhex(x) for x in shares) for v, shares in head["held"].items()}
+            noise_seed = unhex(head.get("noise_seed"))
             share_keys = {int(v): bytes.fromhex(k) for v, k in head["share_keys"].items()}
             survivors = None if head["survivors"] is None else tuple(int(u) for u in head["survivors"])
         except (ValueError, KeyError, TypeError, struct.error) as e:
@@ -214,7 +227,10 @@ class ClientParty:
         if session != config.session_id:
             raise LocalProtocolError(f"state is of session {session.hex()[:16]}…, config is of session "
                                      f"{config.session_id.hex()[:16]}…")
-        party = cls(config, client_id, signing_key=signing_key, randbytes=randbytes)
+        # After stage 1 the noise seed lives only in its shares; the constructor still wants one.
+        placeholder = (noise_seed or bytes(32)) if config.excess_noise else None
+        party = cls(config, client_id, signing_key=signing_key, randbytes=randbytes, noise_seed=placeholder)
+        party._noise_seed = noise_seed
         if raw:
             dtype = wire.word_dtype(config.bits)
             if len(raw) != config.dim * dtype.itemsize:
@@ -253,15 +269,20 @@ class ClientParty:
         xs = [v + 1 for v in ids]
         sk_shares = shamir.split(self._mask.private, threshold=cfg.threshold, xs=xs, randbytes=self._randbytes)
         b_shares = shamir.split(self._self_seed, threshold=cfg.threshold, xs=xs, randbytes=self._randbytes)
+        noise_shares = (shamir.split(self._noise_seed, threshold=cfg.threshold, xs=xs, randbytes=self._randbytes)
+                        if cfg.excess_noise else [None] * len(ids))
         out = []
-        for v, sk_share, b_share in zip(ids, sk_shares, b_shares):
+        for v, sk_share, b_share, noise_share in zip(ids, sk_shares, b_shares, noise_shares):
             key = kex.share_key(channel_sk, peers[v][0], session_id=cfg.session_id, u=self.id, v=v)
             key = self._share_keys[v] = bound_share_key(key, session_id=cfg.session_id, u=self.id,
                                                         u_mask_pk=self._mask.public, v=v, v_mask_pk=peers[v][1])
             plaintext = struct.pack(">II", self.id, v) + sk_share.to_bytes() + b_share.to_bytes()
+            if noise_share is not None:
+                plaintext += noise_share.to_bytes()
             out.append(EncryptedShare(v, aead.seal(key, plaintext, session_id=cfg.session_id,
                                                    stage=STAGE_SHARES, sender=self.id, receiver=v)))
         commitment = self_mask_commitment(cfg.session_id, self.id, self._self_seed)
+        self._noise_seed = None  # it lives on only in the shares
         return ShareKeys(cfg.session_id, self.id, commitment, tuple(out))
 
     # ------------------------------------------------------------------ stage 2: masked input
@@ -270,20 +291,21 @@ class ClientParty:
         cfg = self.config
         if self._input is None:
             raise LocalProtocolError(f"client {self.id}: set_input() before the masked-input stage")
-        held: dict[int, tuple[bytes, bytes]] = {}
+        held: dict[int, tuple[bytes, ...]] = {}
+        size = wire.share_plaintext_bytes(cfg.excess_noise)
         for s in msg.shares:  # check everything before changing anything
             if s.peer not in self._peers:
                 raise UnknownClientError(f"client {self.id}: shares from {s.peer}, who did not advertise keys to it")
             key = self._share_keys[s.peer]
             plain = aead.open_(key, s.ciphertext, session_id=cfg.session_id, stage=STAGE_SHARES,
                                sender=s.peer, receiver=self.id)
-            if len(plain) != wire.SHARE_PLAINTEXT_BYTES or struct.unpack_from(">II", plain) != (s.peer, self.id):
+            if len(plain) != size or struct.unpack_from(">II", plain) != (s.peer, self.id):
                 raise AuthenticationError("share ciphertext failed authentication")
-            sk_share, b_share = plain[8:8 + wire.SHARE_BYTES], plain[8 + wire.SHARE_BYTES:]
-            for raw in (sk_share, b_share):
+            shares = tuple(plain[i:i + wire.SHARE_BYTES] for i in range(8, size, wire.SHARE_BYTES))
+            for raw in shares:
                 if shamir.Share.from_bytes(raw).x != self.id + 1:
                     raise AuthenticationError("share ciphertext failed authentication")
-            held[s.peer] = (sk_share, b_share)
+            held[s.peer] = shares
         if len(held) < cfg.threshold:
             self._abort(f"only {len(held)} neighbours sent shares, fewer than threshold t={cfg.threshold}")
         plus, minus = [self._self_seed], []
@@ -348,10 +370,14 @@ class ClientParty:
                 raise RefusedRequestError(f"client {self.id}: {valid} valid signatures on the survivor list, "
                                           f"fewer than t={cfg.threshold}")
         survivors, dropped = set(msg.survivors), set(msg.dropped)
+        # How many noise seeds come off follows from the checked list and our own min_survivors.
+        excess = set(excess_owners(msg.survivors, min_survivors=cfg.min_survivors)) if cfg.excess_noise else set()
         out = []
         for v in sorted(self._held):
             if v in survivors:
                 out.append(RevealedShare(v, ShareKind.SELF_MASK, self._held[v][1]))
+                if v in excess:
+                    out.append(RevealedShare(v, ShareKind.NOISE_SEED, self._held[v][2]))
             elif v in dropped:
                 out.append(RevealedShare(v, ShareKind.MASK_KEY, self._held[v][0]))
         self._forget()

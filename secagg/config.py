@@ -34,7 +34,10 @@ class RoundConfig:
     needs t live neighbours holding its shares. ``min_survivors`` is the round-level floor: with
     fewer live clients the server aborts, so a decoded sum always covers at least that many.
     ``verify_keys`` (client id -> Ed25519 public key) turns on the active-server mode: stage-0 keys
-    are signed and stage 3 (signed survivor lists) runs.
+    are signed and stage 3 (signed survivor lists) runs. ``excess_noise`` makes every client
+    secret-share a noise seed beside b_u; the survivors ``secagg.excess.excess_owners`` names get
+    those seeds revealed in stage 4 (``RoundResult.noise_seeds``), so a DP layer can subtract the
+    excess noise (Dordis, EuroSys 2024).
     """
 
     session_id: bytes
@@ -46,6 +49,7 @@ class RoundConfig:
     graph: GraphKind = GraphKind.COMPLETE
     k: int | None = None
     verify_keys: Mapping[int, bytes] | None = field(default=None, compare=False)
+    excess_noise: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,6 +69,8 @@ class RoundConfig:
             problems.append(f"dim must be a positive int, got {self.dim!r}")
         if not isinstance(self.bits, int) or not 1 <= self.bits <= 62:
             problems.append(f"bits must be an int in [1, 62], got {self.bits!r}")
+        if not isinstance(self.excess_noise, bool):
+            problems.append(f"excess_noise must be a bool, got {self.excess_noise!r}")
         if not isinstance(self.graph, GraphKind):
             problems.append(f"graph must be a GraphKind, got {self.graph!r}")
         if problems:
@@ -100,11 +106,13 @@ class RoundConfig:
     @classmethod
     def new(cls, *, client_ids, dim: int, bits: int, threshold: int, min_survivors: int,
             graph: GraphKind = GraphKind.COMPLETE, k: int | None = None,
-            verify_keys: Mapping[int, bytes] | None = None, session_id: bytes | None = None) -> "RoundConfig":
+            verify_keys: Mapping[int, bytes] | None = None, session_id: bytes | None = None,
+            excess_noise: bool = False) -> "RoundConfig":
         """A configuration with a fresh random session id (or the one given)."""
         return cls(session_id=os.urandom(SESSION_ID_BYTES) if session_id is None else session_id,
                    client_ids=tuple(client_ids), dim=dim, bits=bits, threshold=threshold,
-                   min_survivors=min_survivors, graph=graph, k=k, verify_keys=verify_keys)
+                   min_survivors=min_survivors, graph=graph, k=k, verify_keys=verify_keys,
+                   excess_noise=excess_noise)
 
     @property
     def n(self) -> int:

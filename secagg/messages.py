@@ -126,6 +126,7 @@ class UnmaskRequest:
 class ShareKind(enum.IntEnum):
     SELF_MASK = 1    # share of b_v: v survived
     MASK_KEY = 2     # share of s_v^SK: v dropped after sharing
+    NOISE_SEED = 3   # share of v's noise seed: v survived and its noise is excess (secagg.excess)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import numpy as np
 from . import masking, wire
 from .client import keys_signed_bytes, mask_sign, self_mask_commitment, survivors_signed_bytes
 from .config import Mode, RoundConfig
+from .excess import excess_owners
 from .errors import (AbortedError, AuthenticationError, DuplicateMessageError, InputError, LocalProtocolError,
                      RemoteProtocolError, ShamirError, UnexpectedMessageError, UnknownClientError,
                      WrongSessionError)
@@ -58,6 +59,8 @@ class RoundResult:
     dropped: tuple[int, ...]                       # shared keys but sent no masked input
     stage_survivors: dict[str, tuple[int, ...]] = field(default_factory=dict)
     forged_shares_from: tuple[int, ...] = ()       # clients whose revealed shares were inconsistent
+    noise_seeds: dict[int, bytes] = field(default_factory=dict)  # excess owner -> its noise seed
+    noise_kept: tuple[int, ...] = ()               # survivors whose noise share stays in the sum
 
 
 class ServerParty:
@@ -172,7 +175,7 @@ class ServerParty:
         if set(got) != want or len(got) != len(want):
             raise RemoteProtocolError(f"server: client {u} sent shares for {sorted(got)[:10]}, expected exactly "
                                       f"its live neighbours {sorted(want)[:10]}")
-        if any(len(s.ciphertext) != wire.CIPHERTEXT_BYTES for s in msg.shares):
+        if any(len(s.ciphertext) != wire.ciphertext_bytes(self.config.excess_noise) for s in msg.shares):
             raise RemoteProtocolError(f"server: client {u} sent a ciphertext of the wrong size")
         self._commitments[u] = msg.self_mask_commitment
         for s in msg.shares:
@@ -247,11 +250,16 @@ class ServerParty:
         u = msg.sender
         neighbours = set(self.config.neighbours(u))
         survivors, dropped = set(self._survivors), set(self._dropped)
+        excess = set(self._excess())
         parsed = []
         for s in msg.shares:
             if s.owner not in neighbours:
                 raise UnknownClientError(f"server: client {u} revealed a share of {s.owner}, not its neighbour")
-            if (s.kind is ShareKind.SELF_MASK) != (s.owner in survivors) or not (s.owner in survivors | dropped):
+            if s.kind is ShareKind.NOISE_SEED:
+                requested = s.owner in excess
+            else:
+                requested = (s.kind is ShareKind.SELF_MASK) == (s.owner in survivors) and s.owner in survivors | dropped
+            if not requested:
                 raise RemoteProtocolError(f"server: client {u} revealed a {s.kind.name} share of {s.owner}, "
                                           f"which was not requested")
             share = shamir.Share.from_bytes(s.share)
@@ -260,6 +268,26 @@ class ServerParty:
             parsed.append((s.owner, s.kind, share))
         for owner, kind, share in parsed:
             self._revealed.setdefault((owner, kind), []).append(share)
+
+    def _excess(self) -> tuple[int, ...]:
+        if not self.config.excess_noise:
+            return ()
+        return excess_owners(self._survivors, min_survivors=self.config.min_survivors)
+
+    def _noise_seeds(self) -> dict[int, bytes]:
+        """The excess owners' noise seeds that t or more consistent shares rebuild. A seed with too
+        few shares (holders dropped in stage 4) or inconsistent ones is left out: its noise stays
+        in the sum, which is more noise, never less."""
+        t, out = self.config.threshold, {}
+        for owner in self._excess():
+            shares = sorted(self._revealed.get((owner, ShareKind.NOISE_SEED), []), key=lambda s: s.x)
+            if len(shares) < t:
+                continue
+            try:  # all revealed shares must lie on one polynomial (no commitment to check against)
+                out[owner] = shamir.reconstruct(shares, threshold=t)
+            except ShamirError:
+                continue
+        return out
 
     def _reconstruct(self, owner: int, kind: ShareKind, check) -> tuple[bytes, set[int]]:
         """The secret of ``owner`` from revealed shares; check(secret) says if it is authentic
@@ -325,7 +353,9 @@ class ServerParty:
         total = self._sum
         masking.add_masks(total, plus=plus, minus=minus, bits=cfg.bits)
         self._sum = None
+        noise_seeds = self._noise_seeds()
         self.result = RoundResult(aggregate=total, survivors=self._survivors, dropped=self._dropped,
                                   stage_survivors=dict(self.stage_survivors),
-                                  forged_shares_from=tuple(sorted(forged)))
+                                  forged_shares_from=tuple(sorted(forged)), noise_seeds=noise_seeds,
+                                  noise_kept=tuple(u for u in self._survivors if u not in noise_seeds))
         return []

@@ -89,6 +89,7 @@ class SimulationResult:
     aborted: AbortedError | None = None
     masked_input_bytes: dict[int, int] = field(default_factory=dict)
     decoded: np.ndarray | None = None         # float sum, when an encoding was given
+    noise_seeds: dict[int, bytes] = field(default_factory=dict)  # revealed excess noise seeds
 
     @property
     def round_seconds(self) -> float:
@@ -108,10 +109,12 @@ def simulate(config: RoundConfig, inputs: InputSource, *, dropouts: DropoutSched
              transcript: Transcript = Transcript.FULL,
              encoding: FixedPointEncoding | None = None,
              randbytes: Callable[[int], bytes] | None = None,
+             noise_seeds: Mapping[int, bytes] | None = None,
              workers: int | None = None) -> SimulationResult:
     """Run one round. ``inputs`` maps (or lazily produces) each client's encoded words; a callable
     is asked only when the client needs its input, so a large round never holds n*d words.
     With ``encoding`` (the one the inputs were encoded with) the result also holds the decoded sum.
+    ``noise_seeds`` (client -> 32 bytes) is required when ``config.excess_noise`` is set.
 
     Clients of a stage run concurrently on ``workers`` threads (default: secagg.masking's, all
     cores), at most 2 * workers at a time, so at most that many inputs and masked inputs exist at
@@ -128,7 +131,13 @@ def simulate(config: RoundConfig, inputs: InputSource, *, dropouts: DropoutSched
         raise ConfigError("the config has verify_keys (active mode): pass signing_keys")
     n_workers = masking.current_workers(workers)
     kwargs = {} if randbytes is None else {"randbytes": randbytes}
-    clients = {u: ClientParty(config, u, signing_key=signing_keys[u] if signing_keys else None, **kwargs)
+    if config.excess_noise:
+        if noise_seeds is None:
+            raise ConfigError("the config has excess_noise: pass noise_seeds")
+        kwargs_of = lambda u: {**kwargs, "noise_seed": noise_seeds[u]}  # noqa: E731
+    else:
+        kwargs_of = lambda u: kwargs  # noqa: E731
+    clients = {u: ClientParty(config, u, signing_key=signing_keys[u] if signing_keys else None, **kwargs_of(u))
                for u in config.client_ids}
     server = ServerParty(config)
     stats = {s: StageStats() for s in ProtocolStage}
@@ -211,7 +220,8 @@ def simulate(config: RoundConfig, inputs: InputSource, *, dropouts: DropoutSched
                             aggregate=None if res is None else res.aggregate,
                             survivors=() if res is None else res.survivors,
                             stage_survivors=dict(server.stage_survivors), transcript=record, stages=stats,
-                            client_seconds=dict(per_client), aborted=aborted, masked_input_bytes=upload)
+                            client_seconds=dict(per_client), aborted=aborted, masked_input_bytes=upload,
+                            noise_seeds={} if res is None else dict(res.noise_seeds))
 
 
 def plain_sum(inputs: Mapping[int, np.ndarray], ids, bits: int) -> np.ndarray:

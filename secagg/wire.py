@@ -25,6 +25,15 @@ SIGNATURE_BYTES = 64
 SHARE_BYTES = 37                       # shamir.Share.to_bytes(): x (4) | y (33)
 SHARE_PLAINTEXT_BYTES = 8 + 2 * SHARE_BYTES  # sender | receiver | share of s^SK | share of b
 CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + 16  # + AES-GCM tag
+
+
+def share_plaintext_bytes(excess_noise: bool) -> int:
+    """Plaintext of one encrypted share; with excess noise a share of the noise seed follows b's."""
+    return SHARE_PLAINTEXT_BYTES + (SHARE_BYTES if excess_noise else 0)
+
+
+def ciphertext_bytes(excess_noise: bool) -> int:
+    return share_plaintext_bytes(excess_noise) + 16
 COMMITMENT_BYTES = 32
 MAX_ID = 2**32 - 2
 MAX_DIM = 2**32 - 1
@@ -231,7 +240,10 @@ def decode(data: bytes) -> Message:
     elif t in (MessageType.SHARE_KEYS, MessageType.FORWARDED_SHARES):
         commitment = r.take(COMMITMENT_BYTES, "commitment") if t is MessageType.SHARE_KEYS else None
         n = r.count("share count", 4 + CIPHERTEXT_BYTES)
-        shares = tuple(EncryptedShare(r.client_id("peer id"), r.take(CIPHERTEXT_BYTES, "ciphertext"))
+        size = CIPHERTEXT_BYTES  # or one share longer (excess noise): the item size tells
+        if n and len(r.data) - r.pos == n * (4 + ciphertext_bytes(True)):
+            size = ciphertext_bytes(True)
+        shares = tuple(EncryptedShare(r.client_id("peer id"), r.take(size, "ciphertext"))
                        for _ in range(n))
         _check_increasing([s.peer for s in shares], t.name, "peer ids")
         msg = (ShareKeys(session, party, commitment, shares) if commitment is not None
@@ -260,10 +272,10 @@ def decode(data: bytes) -> Message:
         shares = []
         for _ in range(n):
             owner, kind = r.client_id("owner"), r.u8("kind")
-            if kind not in (1, 2):
+            if kind not in (1, 2, 3):
                 raise DecodeError(f"UNMASK_RESPONSE: unknown share kind {kind}")
             shares.append(RevealedShare(owner, ShareKind(kind), r.take(SHARE_BYTES, "share")))
-        _check_increasing([s.owner for s in shares], t.name, "owners")
+        _check_increasing([(s.owner, int(s.kind)) for s in shares], t.name, "(owner, kind) pairs")
         msg = UnmaskResponse(session, party, tuple(shares))
     r.end()
     return msg

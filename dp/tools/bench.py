@@ -6,7 +6,9 @@ Subcommands (each prints a table and writes ``benchmarks/results/dp_<name>.json`
   without DP and with Opacus in each per-sample-gradient mode. ``--device cuda`` runs it on a GPU.
   One torch thread by default (``--threads``). Smaller: ``--steps``, ``--batch-size``, ``--modes``.
 - ``sampler``: samples/s of the discrete Gaussian and Skellam samplers beside numpy's normal, and
-  the time to noise (and fully encode) a d-vector against the time to expand one secagg mask.
+  the time to noise (and fully encode) a d-vector against the time to expand one secagg mask;
+  DP-SGD's keystream noise (``dp.noise.secure_gaussian``, what ``train_dp_sgd`` adds) against
+  torch.normal (Opacus' default) and torch's four-draw secure_mode construction.
   Smaller: ``--size``, ``--repeats``.
 - ``distributed``: MSE of the decoded DDG sum vs the central Gaussian sum at the same (epsilon,
   delta), one release, no client sampling. Each mechanism is calibrated with its own analysis:
@@ -16,13 +18,20 @@ Subcommands (each prints a table and writes ``benchmarks/results/dp_<name>.json`
   ``--bits``, ``--epsilon``. One point:
   ``python -m dp.bench distributed --clients 100 --dim 100000 --bits 16 --epsilon 3 --delta 1e-5
   --json PATH`` (top-level keys mse_distributed, mse_central, bits, clients, dim, epsilon).
-- ``all``: the three with their defaults (a few minutes on 2 cores).
+- ``xnoise``: excess-noise removal. Noise MSE of the decoded DDG sum over the actual survivors
+  with removal (``mse_xnoise``), with the min-survivors calibration alone (``mse_min_survivors``)
+  and with noise calibrated for the actual survivors (``mse_ideal``), plus the extra round time
+  and bytes of the seeds in a secagg round (``extra_round_seconds``, ``extra_bytes``). One point:
+  ``python -m dp.bench xnoise --clients 100 --dim 10000 --planned-dropout 0.3
+  --actual-dropout 0.05 --json PATH``.
+- ``all``: sgd, sampler and distributed with their defaults (a few minutes on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -177,6 +186,7 @@ def bench_sampler(args: argparse.Namespace) -> dict[str, Any]:
     for s in args.sigmas:
         rows.append({"sampler": "skellam", "sigma": s,
                      "seconds": _best_time(lambda s=s: skellam(size, s * s / 2, gen=gen), reps)})
+    rows += _dp_sgd_noise_rows(size, reps, gen)
     mask = _best_time(lambda: prg.expand(bytes(32), size, 16), reps)
     rows.append({"sampler": "secagg mask expand (1 PRG, 16 bits)", "sigma": None, "seconds": mask})
     plan = DDGConfig(l2_clip=1.0, bits=16, dim=size, num_clients=100, min_survivors=100,
@@ -193,6 +203,31 @@ def bench_sampler(args: argparse.Namespace) -> dict[str, Any]:
     print(f"noise / one mask: {dg / mask:.3g}; a client expands k+1 >= 2 masks")
     return {"bench": "sampler", "size": size, "repeats": reps, "machine": _machine(),
             "noise_over_one_mask": dg / mask, "rows": rows}
+
+
+def _dp_sgd_noise_rows(size: int, reps: int, gen: Any) -> list[dict[str, Any]]:
+    """DP-SGD noise for ``size`` coordinates: ours (keystream, sum of 4) vs torch.normal."""
+    import torch
+
+    from dp.noise import secure_gaussian
+
+    tgen = torch.Generator().manual_seed(0)
+
+    def torch_four() -> Any:
+        out = torch.zeros(size)
+        for _ in range(4):
+            out += torch.normal(0.0, 1.0, size=(size,), generator=tgen)
+        return out / 2
+
+    return [
+        {"sampler": "torch.normal float32 (Opacus default)", "sigma": 1.0,
+         "seconds": _best_time(lambda: torch.normal(0.0, 1.0, size=(size,), generator=tgen),
+                               reps)},
+        {"sampler": "torch.normal x4 (Opacus secure_mode construction)", "sigma": 1.0,
+         "seconds": _best_time(torch_four, reps)},
+        {"sampler": "secure_gaussian (keystream, sum of 4; DP-SGD default)", "sigma": 1.0,
+         "seconds": _best_time(lambda: secure_gaussian(size, 1.0, gen=gen), reps)},
+    ]
 
 
 def plot_sampler(payload: dict[str, Any], path: Path) -> None:
@@ -305,13 +340,122 @@ def plot_distributed(payload: dict[str, Any], path: Path) -> None:
     print(f"wrote {path}")
 
 
+# --- (d) excess-noise removal -------------------------------------------------------------------
+
+
+def bench_xnoise(args: argparse.Namespace) -> dict[str, Any]:
+    """MSE with and without removal and the protocol's extra cost, at one (n, d, P, A) point."""
+    from dp.distributed import DDGConfig, clip_l2, decode_sum, encode_client, modular_sum
+    from dp.noise import NoiseGenerator
+    from dp import xnoise
+    from secagg.excess import excess_owners
+
+    n, dim = args.clients, args.dim
+    m = n - int(math.floor(args.planned_dropout * n + 1e-9))
+    s = n - int(round(args.actual_dropout * n))
+    if not 2 <= m <= s <= n:
+        raise SystemExit(f"need 2 <= min_survivors={m} <= survivors={s} <= clients={n}")
+    rng = np.random.default_rng(args.seed)
+    x = _client_updates(s, dim, rng)
+    true_sum = np.sum([clip_l2(row, 1.0) for row in x], axis=0)
+
+    def plan_for(min_survivors: int):
+        return DDGConfig(l2_clip=1.0, bits=args.bits, dim=dim, num_clients=n,
+                         min_survivors=min_survivors, epsilon=args.epsilon,
+                         delta=args.delta).plan()
+
+    planned, ideal = plan_for(m), plan_for(s)
+    mse: dict[str, list[float]] = {"xnoise": [], "min_survivors": [], "ideal": []}
+    remove_seconds = 0.0
+    for _ in range(args.repeats):
+        rot = rng.bytes(32)
+        seeds = [rng.bytes(32) for _ in range(s)]
+        gens = [NoiseGenerator(rng.bytes(32)) for _ in range(s)]
+        words = [xnoise.encode_client(x[i], plan=planned, rotation_seed=rot, noise_seed=seeds[i],
+                                      gen=gens[i]) for i in range(s)]
+        total = modular_sum(words, bits=args.bits)
+        t0 = time.perf_counter()
+        excess = excess_owners(tuple(range(s)), min_survivors=m)
+        cleaned = xnoise.remove_excess(total, plan=planned, seeds={u: seeds[u] for u in excess})
+        remove_seconds += time.perf_counter() - t0
+        for key, agg, plan in (("xnoise", cleaned, planned), ("min_survivors", total, planned)):
+            est = decode_sum(agg, plan=plan, rotation_seed=rot)
+            mse[key].append(float(np.mean((est - true_sum) ** 2)))
+        words = [encode_client(x[i], plan=ideal, rotation_seed=rot, gen=gens[i])
+                 for i in range(s)]
+        est = decode_sum(modular_sum(words, bits=args.bits), plan=ideal, rotation_seed=rot)
+        mse["ideal"].append(float(np.mean((est - true_sum) ** 2)))
+    means = {k: float(np.mean(v)) for k, v in mse.items()}
+    left = xnoise.noise_left(planned, survivors=s, removed=s - m)
+    payload: dict[str, Any] = {
+        "bench": "xnoise", "clients": n, "dim": dim, "bits": args.bits, "epsilon": args.epsilon,
+        "delta": args.delta, "planned_dropout": args.planned_dropout,
+        "actual_dropout": args.actual_dropout, "min_survivors": m, "survivors": s,
+        "repeats": args.repeats, "seed": args.seed,
+        "mse_xnoise": means["xnoise"], "mse_min_survivors": means["min_survivors"],
+        "mse_ideal": means["ideal"], "ratio_xnoise_ideal": means["xnoise"] / means["ideal"],
+        "ratio_min_survivors_ideal": means["min_survivors"] / means["ideal"],
+        "nominal_variance_xnoise": left.variance,
+        "nominal_variance_min_survivors": s * (planned.gamma * planned.client_sigma) ** 2,
+        "nominal_variance_ideal": ideal.central_sigma ** 2,
+        "server_remove_seconds": remove_seconds / args.repeats,
+        "machine": _machine(), "load_average": list(os.getloadavg())}
+    payload.update(_xnoise_protocol_cost(n, dim, m, s, args))
+    payload["extra_round_seconds"] += payload["server_remove_seconds"]
+    _table([payload], ["clients", "dim", "min_survivors", "survivors", "mse_xnoise",
+                       "mse_min_survivors", "mse_ideal", "ratio_xnoise_ideal",
+                       "extra_round_seconds", "extra_bytes"])
+    return payload
+
+
+def _xnoise_protocol_cost(n: int, dim: int, m: int, s: int,
+                          args: argparse.Namespace) -> dict[str, Any]:
+    """One secagg round with and without the noise seeds (the same dropouts): time and bytes."""
+    from secagg.config import RoundConfig
+    from secagg.simulate import DropoutSchedule, Transcript, simulate
+
+    rng = np.random.default_rng(args.seed + 1)
+    bits = args.bits
+    inputs = {u: rng.integers(0, 2**bits, size=dim, dtype=np.uint64).astype(np.uint32)
+              for u in range(n)}
+    drops = DropoutSchedule.at(MASKED_INPUT=set(range(s, n)))
+    out: dict[str, Any] = {}
+    for excess in (False, True):
+        cfg = RoundConfig.new(client_ids=range(n), dim=dim, bits=bits, threshold=n // 2 + 1,
+                              min_survivors=m, excess_noise=excess)
+        seeds = {u: rng.bytes(32) for u in range(n)} if excess else None
+        res = simulate(cfg, inputs, dropouts=drops, transcript=Transcript.NONE, noise_seeds=seeds)
+        out[excess] = (res.round_seconds,
+                       sum(st.upload_bytes + st.download_bytes for st in res.stages.values()))
+    return {"round_seconds": out[False][0], "round_bytes": out[False][1],
+            "extra_round_seconds": out[True][0] - out[False][0],
+            "extra_bytes": out[True][1] - out[False][1],
+            "extra_bytes_per_client": (out[True][1] - out[False][1]) / n}
+
+
+def plot_xnoise(payload: dict[str, Any], path: Path) -> None:
+    plt = _pyplot()
+    keys = ["mse_min_survivors", "mse_xnoise", "mse_ideal"]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.bar(["min-survivors", "with removal", "ideal"], [payload[k] for k in keys])
+    ax.set_ylabel("noise MSE of the sum, per coordinate")
+    ax.set_title(f"n = {payload['clients']}, d = {payload['dim']:,}, planned "
+                 f"{payload['planned_dropout']:.0%}, actual {payload['actual_dropout']:.0%}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 # --- CLI ----------------------------------------------------------------------------------------
 
 _BENCHES = {
     "sgd": (bench_sgd, plot_sgd),
     "sampler": (bench_sampler, plot_sampler),
     "distributed": (bench_distributed, plot_distributed),
+    "xnoise": (bench_xnoise, plot_xnoise),
 }
+_IN_ALL = ("sgd", "sampler", "distributed")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -352,6 +496,17 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--k-stddevs", type=float, default=4.0)
     sp.add_argument("--central-accountant", choices=["rdp", "prv"], default="rdp")
 
+    sp = sub.add_parser("xnoise", help="noise MSE with excess-noise removal vs without vs ideal")
+    common(sp)
+    sp.add_argument("--clients", type=int, default=100)
+    sp.add_argument("--dim", type=int, default=10_000)
+    sp.add_argument("--planned-dropout", type=float, default=0.3)
+    sp.add_argument("--actual-dropout", type=float, default=0.05)
+    sp.add_argument("--bits", type=int, default=20)
+    sp.add_argument("--epsilon", type=float, default=3.0)
+    sp.add_argument("--delta", type=float, default=1e-5)
+    sp.add_argument("--repeats", type=int, default=3)
+
     sp = sub.add_parser("all", help="run sgd, sampler and distributed with their defaults")
     sp.add_argument("--seed", type=int, default=0)
     return p
@@ -361,7 +516,7 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     run, plot = _BENCHES[name]
     payload = run(args)
     _write(payload, getattr(args, "json", None) or RESULTS / f"dp_{name}.json")
-    sweep = name != "distributed" or len(payload["points"]) > 1
+    sweep = name not in ("distributed", "xnoise") or len(payload.get("points", ())) > 1
     png = getattr(args, "png", None) or (RESULTS / f"dp_{name}.png" if sweep else None)
     if png is not None and not getattr(args, "no_png", False):
         plot(payload, png)
@@ -371,7 +526,7 @@ def _run(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "all":
-        for name in _BENCHES:
+        for name in _IN_ALL:
             sub_args = _parser().parse_args([name, "--seed", str(args.seed)])
             print(f"== {name}")
             _run(name, sub_args)

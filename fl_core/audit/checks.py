@@ -1,7 +1,9 @@
 """`python -m fl_core audit RUN_DIR`: every guarantee of a finished run, and evidence that it held.
 
-Writes ``RUN_DIR/audit.json`` and ``RUN_DIR/audit.md`` (docs/audit.md explains how to read them)
-and returns an exit status: 0 when nothing was flagged, 1 when the run is flagged.
+Writes ``RUN_DIR/audit.json``, ``RUN_DIR/audit.md`` (verdict and guarantees) and
+``RUN_DIR/audit_digests.md`` (the per-message digests; docs/audit.md explains how to read them) and
+returns an exit status: 0 when nothing was flagged, 1 when the run is flagged. The statistics are
+in ``fl_core.audit.stats``, the markdown in ``fl_core.audit.render``.
 
 What is checked:
 
@@ -47,99 +49,31 @@ from secagg.graph import failure_bounds
 from secagg.messages import MaskedInput, ShareKind, UnmaskResponse
 from secagg.simulate import ProtocolStage
 
-from fl_core.run.canaries import (AUDIT_DIR, META, ClientCanaries, ExampleCanaries, gaussian_fit_estimate, one_run_audit,
-                       read_messages, read_trajectory)
+from dp.empirical import gaussian_fit_estimate, one_run_audit
+from fl_core.audit.render import render_digests, render_markdown, summary_lines
+from fl_core.audit.stats import ALPHA, CONFIDENCE, correlation_p_value, holm, uniformity_p_value
+from fl_core.run.canaries import AUDIT_DIR, META, ClientCanaries, ExampleCanaries, read_messages, read_trajectory
 from fl_core.config import DPMode, RunConfig, load_config
 from fl_core.errors import FLError
+from fl_core.run import rundir
 
 __all__ = ["audit_run", "write_audit", "render_markdown", "summary_lines", "witness_inputs", "uniformity_p_value",
            "correlation_p_value", "holm", "main"]
 
-ALPHA = 1e-3          # family-wise false-alarm rate of each server-view test family
-CONFIDENCE = 0.95     # of the empirical epsilon intervals and the one-run lower bound
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def uniformity_p_value(words: np.ndarray, bits: int) -> tuple[float, int]:
-    """p-value that ``words`` are i.i.d. uniform on [0, 2^bits), and the bins per test.
-
-    Two Pearson chi-square tests over B = 2^b equal bins, one on the top b bits of each word and
-    one on the bottom b bits (a mask that leaves either end unmasked fails one of them); b is the
-    largest value <= min(8, bits) leaving at least 5 words per bin. Combined by Bonferroni:
-    p = min(1, 2 min(p_top, p_bottom)).
-    """
-    w = np.asarray(words, dtype=np.uint64)
-    d = w.size
-    b = int(min(8, bits, max(1, math.floor(math.log2(max(d / 5, 2))))))
-    bins = 1 << b
-    top = (w >> np.uint64(bits - b)) & np.uint64(bins - 1)
-    low = w & np.uint64(bins - 1)
-    ps = [stats.chisquare(np.bincount(x.astype(np.int64), minlength=bins)).pvalue for x in (top, low)]
-    return float(min(1.0, 2 * min(ps))), bins
-
-
-def _centered(words: np.ndarray, bits: int) -> np.ndarray:
-    v = np.asarray(words, dtype=np.uint64).astype(np.float64)
-    half = float(1 << (bits - 1))
-    return np.where(v >= half, v - 2 * half, v)
-
-
-def correlation_p_value(true_words: np.ndarray, masked_words: np.ndarray, bits: int) -> tuple[float, float]:
-    """(Pearson r, two-sided p) between a client's true and masked words, both read as centered
-    integers mod 2^bits. If the masked words are uniform and independent of the true ones, r
-    has mean 0 and t = r sqrt((d-2)/(1-r^2)) is close to Student t with d-2 degrees of freedom.
-    A constant true input has no correlation to test: (0, 1)."""
-    x, y = _centered(true_words, bits), _centered(masked_words, bits)
-    if x.std() == 0 or y.std() == 0:  # nothing varies: only an exact copy is evidence
-        return (1.0, 0.0) if np.array_equal(x, y) else (0.0, 1.0)
-    r = float(np.corrcoef(x, y)[0, 1])
-    d = x.size
-    if abs(r) >= 1.0:
-        return r, 0.0
-    t = r * math.sqrt((d - 2) / (1 - r * r))
-    return r, float(2 * stats.t.sf(abs(t), d - 2))
-
-
-def holm(p_values, alpha: float = ALPHA) -> list[bool]:
-    """Holm's step-down procedure: which hypotheses are rejected at family-wise level alpha."""
-    p = np.asarray(p_values, dtype=np.float64)
-    order = np.argsort(p, kind="stable")
-    reject = np.zeros(p.size, dtype=bool)
-    for rank, i in enumerate(order):
-        if p[i] > alpha / (p.size - rank):
-            break
-        reject[i] = True
-    return reject.tolist()
-
-
 # --------------------------------------------------------------------------- the run directory
-
-
-def _jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-    return out
 
 
 class _Run:
     def __init__(self, run_dir: Path) -> None:
         self.dir = Path(run_dir)
-        for name in ("config.resolved.toml", "privacy.json", "metrics.jsonl"):
+        for name in (rundir.CONFIG, rundir.PRIVACY, rundir.METRICS):
             if not (self.dir / name).exists():
                 raise FLError(f"{self.dir} is not a finished run directory: {name} is missing")
-        self.cfg: RunConfig = load_config(self.dir / "config.resolved.toml", check_files=False)
-        self.privacy = json.loads((self.dir / "privacy.json").read_text())
-        self.metrics = {m["round"]: m for m in _jsonl(self.dir / "metrics.jsonl")}
-        self.transcript = {t["round"]: [tuple(x) for x in t["messages"]] for t in _jsonl(self.dir / "transcript.jsonl")}
-        self.ledger = _jsonl(self.dir / "privacy_ledger.jsonl")
+        self.cfg: RunConfig = load_config(self.dir / rundir.CONFIG, check_files=False)
+        self.privacy = json.loads((self.dir / rundir.PRIVACY).read_text())
+        self.metrics = {m["round"]: m for m in rundir.read_jsonl(self.dir / rundir.METRICS)}
+        self.transcript = {t["round"]: [tuple(x) for x in t["messages"]] for t in rundir.read_jsonl(self.dir / rundir.TRANSCRIPT)}
+        self.ledger = rundir.read_jsonl(self.dir / rundir.LEDGER)
         meta_path = self.dir / AUDIT_DIR / META
         self.meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
 
@@ -274,15 +208,16 @@ def _witness(run: _Run, rounds: list[int], log) -> dict | str:
     """Re-run the first rounds from the seed and capture each client's encoded input before
     masking: ``{round: {client: words}}``, or why it cannot be done."""
     from fl_core.run.loop import run as run_fl
+    from fl_core.run.observer import StopRun, Witness
 
     if run.cfg.secure_randomness:
         return "secure_randomness = true: the clients' inputs cannot be re-derived (no witness)"
-    captured: dict[int, dict[int, np.ndarray]] = {}
+    witness = Witness(max(rounds))
+    captured = witness.inputs
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            run_fl(run.cfg, tmp, progress=False, log=lambda m: None, crash_after_release=max(rounds),
-                   witness=captured)
-        except SystemExit:
+            run_fl(run.cfg, tmp, progress=False, log=lambda m: None, observer=witness)
+        except StopRun:
             pass
         except (SecAggError, OSError, RuntimeError) as e:
             return f"the re-run failed: {e}"
@@ -322,10 +257,10 @@ def _server_view(run: _Run, *, use_witness: bool, log) -> dict:
             elif isinstance(msg, UnmaskResponse):
                 for sh in msg.shares:
                     revealed[sh.owner].add(int(sh.kind))
-        both = sorted(v for v, kinds in revealed.items() if len(kinds) > 1)
-        wrong_kind = sorted(v for v, kinds in revealed.items()  # survivors: only b-shares; dropped: only key shares
-                            if (ShareKind.MASK_KEY in kinds and v in masked)
-                            or (ShareKind.SELF_MASK in kinds and v not in masked))
+        both = sorted(v for v, kinds in revealed.items() if {ShareKind.SELF_MASK, ShareKind.MASK_KEY} <= kinds)
+        wrong_kind = sorted(v for v, kinds in revealed.items()  # survivors: b (and excess noise seed) shares;
+                            if (ShareKind.MASK_KEY in kinds and v in masked)  # dropped: only key shares
+                            or (kinds & {ShareKind.SELF_MASK, ShareKind.NOISE_SEED} and v not in masked))
         row["clients_with_both_secrets_revealed"] = both
         row["clients_with_wrong_secret_revealed"] = wrong_kind
         reveal_ok &= not both and not wrong_kind
@@ -368,7 +303,8 @@ def _server_view(run: _Run, *, use_witness: bool, log) -> dict:
                  "(Bonferroni over the two), Holm over all inputs at family-wise alpha"),
     }
     checks["no_double_reveal"] = {"ok": reveal_ok, "test": ("no client had shares of both its self-mask seed and "
-                                  "its mask key revealed; survivors only b-shares, dropped clients only key shares")}
+                                  "its mask key revealed; survivors only b-shares (and, when excess, noise-seed "
+                                  "shares), dropped clients only key shares")}
     if isinstance(witness, dict):
         out["witness"] = {"ok": bool(witness_ok), "test": ("re-running the recorded rounds from the seed gives "
                           "inputs whose sum mod 2^bits is the aggregate the server unmasked")}
@@ -443,10 +379,10 @@ def _example_canaries(run: _Run, delta: float) -> dict | None:
         return None
     from fl_core.learn.data import as_tensors
     from fl_core.learn.params import vector_to_model
-    from fl_core.run.loop import _build
+    from fl_core.run.setup import build_data_and_model
 
     cfg = run.cfg
-    data, model = _build(cfg, None)
+    data, model = build_data_and_model(cfg, None)
     canaries = ExampleCanaries(seed=bytes.fromhex(run.meta["canary_seed"]), count=info["count"],
                                num_clients=info["num_clients"])
     trains = [as_tensors(c.train) for c in data.clients]
@@ -489,7 +425,7 @@ def audit_run(run_dir, *, use_witness: bool = True, log=print) -> dict:
                     "empirical_epsilon": None, "delta": delta if claimed is not None else cfg.dp.delta,
                     "unit_of_privacy": priv.get("unit_of_privacy"), "rounds_run": priv.get("rounds_run"),
                     "noise_source": priv.get("noise_source"), "mechanisms": priv.get("mechanisms", []),
-                    "budget_epsilon": priv.get("budget_epsilon")}
+                    "budget_epsilon": priv.get("budget_epsilon"), "epsilon_accountant": priv.get("epsilon_accountant")}
     lc = cfg.local
     report["run_parameters"] = {
         "rounds_planned": cfg.rounds, "num_clients": cfg.data.num_clients,
@@ -541,227 +477,11 @@ def audit_run(run_dir, *, use_witness: bool = True, log=print) -> dict:
 
 
 def write_audit(run_dir, report: dict) -> None:
+    """audit.json (strict JSON), audit.md (verdict and guarantees) and audit_digests.md."""
     run_dir = Path(run_dir)
-    (run_dir / "audit.json").write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
-    (run_dir / "audit.md").write_text(render_markdown(report))
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    raise TypeError(f"cannot write {type(o).__name__} as JSON")
-
-
-# --------------------------------------------------------------------------- markdown
-
-
-def _f(x, digits: int = 4) -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, float):
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return f"{x:.{digits}g}"
-    return str(x)
-
-
-def _guarantee_lines(rep: dict) -> list[str]:
-    out = []
-    for mech in rep["mechanisms"]:
-        unit = mech["unit_of_privacy"]
-        eps = mech.get("epsilon") if isinstance(mech.get("epsilon"), dict) else None
-        worst = mech.get("epsilon_worst_client")
-        out.append(f"### {mech['name']}\n")
-        if unit == "client":
-            out.append(f"**Guarantee.** ({_f(eps['tightest'])}, {_f(mech['delta'])})-differential privacy for each "
-                       "client: any two runs whose inputs differ by adding or removing *all* the data of one client "
-                       f"produce every released aggregate (all {mech['parameters']['releases_charged']} releases, "
-                       "hence the model) with probabilities within a factor e^epsilon, up to delta. The adversary "
-                       "may be the server and every other client; the clients' noise shares and secure aggregation "
-                       "are trusted to run as specified.\n")
-            out.append("| accountant | epsilon |\n|---|---|")
-            out.append(f"| RDP (KLS 2021 Prop. 14; Balle et al. 2020 conversion) | {_f(eps.get('rdp'))} |")
-            out.append(f"| PRV | {_f(eps.get('prv'))}{' (' + eps['prv_note'] + ')' if eps.get('prv_note') else ''} |")
-            out.append(f"| tightest (the claim) | {_f(eps['tightest'])} |\n")
-        else:
-            out.append(f"**Guarantee.** ({_f(worst)}, {_f(mech['delta'])})-differential privacy for each training "
-                       "example: adding or removing one example of any one client changes the distribution of "
-                       "everything that client sends (hence of the model) by at most e^epsilon, up to delta. "
-                       "Epsilon is composed per client over the steps it trained; the claim is the worst client's. "
-                       "Each client's DP-SGD noise is its own: it holds even against the server.\n")
-            per = mech.get("epsilon_per_client", {})
-            if per:
-                vals = [v["tightest"] for v in per.values()]
-                worst_id = max(per, key=lambda u: per[u]["tightest"])
-                w = per[worst_id]
-                out.append(f"Per-client epsilon (tightest of RDP and PRV): min {_f(min(vals))}, median "
-                           f"{_f(float(np.median(vals)))}, max {_f(max(vals))} over {len(vals)} clients; the worst "
-                           f"(client {worst_id}): RDP {_f(w.get('rdp'))}, PRV {_f(w.get('prv'))}. Each step samples "
-                           "a client's examples at rate 1 / ceil(n / batch_size) (Opacus' rule).\n")
-        out.append("| parameter | value |\n|---|---|")
-        for k, v in mech["parameters"].items():
-            out.append(f"| {k} | {_f(v)} |")
-        out.append("")
-    return out
-
-
-def render_markdown(rep: dict) -> str:
-    L: list[str] = []
-    verdict = "FLAGGED" if rep["flagged"] else "not flagged"
-    L.append(f"# Privacy audit of `{rep['run_dir']}`\n")
-    L.append(f"**Verdict: {verdict}.**" + ("" if not rep["reasons"] else " Reasons:"))
-    for r in rep["reasons"]:
-        L.append(f"- {r}")
-    L.append("")
-    L.append("| | value |\n|---|---|")
-    L.append(f"| DP mode / unit of privacy | {rep['mode']} / {_f(rep['unit_of_privacy'])} |")
-    L.append(f"| theoretical epsilon (claimed) | {_f(rep['theoretical_epsilon'])} |")
-    L.append(f"| delta | {_f(rep['delta'])} |")
-    L.append(f"| empirical epsilon (estimate or lower bound) | {_f(rep['empirical_epsilon'])} |")
-    L.append(f"| server view ok | {rep['server_view_ok']} |")
-    L.append(f"| rounds run | {_f(rep['rounds_run'])} |")
-    L.append(f"| noise source | {_f(rep['noise_source'])} |\n")
-    L.append("An empirical epsilon is measured evidence, not a guarantee: a low value does not prove privacy "
-             "(the canaries may be weak attacks), a value above the claim (beyond its confidence interval) "
-             "means the run leaked more than it promised. See docs/audit.md.\n")
-
-    L.append("## 1. Guarantees\n")
-    if not rep["mechanisms"]:
-        L.append("No differential privacy in this run: secure aggregation only.\n")
-    L += _guarantee_lines(rep)
-    L.append("Run parameters:\n\n| parameter | value |\n|---|---|")
-    L += [f"| {k} | {_f(v)} |" for k, v in rep["run_parameters"].items()]
-    L.append("")
-    if rep.get("ledger_epsilon"):
-        le = rep["ledger_epsilon"]
-        if le.get("worst_client") is None:
-            L.append(f"Re-accounting the {le['releases']} releases in `privacy_ledger.jsonl`: RDP {_f(le['rdp'])}, "
-                     f"PRV {_f(le['prv'])}, tightest {_f(le['tightest'])} (the claim must not be below this).\n")
-        else:
-            L.append(f"Re-accounting the DP-SGD steps of {le['clients']} clients in `privacy_ledger.jsonl`: worst RDP "
-                     f"{_f(le['rdp'])}; client {le['worst_client']} reaches {_f(le['tightest'])} with the tightest "
-                     "accountant (the claim must not be below this).\n")
-
-    d = rep["dropouts"]
-    L.append("## 2. Dropouts and the noise calibration\n")
-    L.append(d["note"][0].upper() + d["note"][1:] + ".\n")
-    if d.get("target_noise_std") is not None:
-        L.append(f"Calibrated for at least {d['calibrated_for_survivors']} clients per released sum (target noise std "
-                 f"{_f(d['target_noise_std'])} per coordinate); fewest clients in a released sum: "
-                 f"{_f(d['fewest_survivors'])} (noise std {_f(d['noise_std_at_fewest'])}). Rounds below the "
-                 f"calibration: {d['below_calibration'] or 'none'}. Aborted rounds (charged, nothing released): "
-                 f"{d['aborted_rounds'] or 'none'}.\n")
-    L.append("| round | sampled | canaries | survivors | aborted |\n|---|---|---|---|---|")
-    for row in d["per_round"]:
-        L.append(f"| {row['round']} | {row['sampled']} | {row['canaries']} | {row['survivors']} "
-                 f"| {_f(row['aborted'])} |")
-    L.append("")
-
-    s = rep["secure_aggregation"]
-    L.append("## 3. Secure aggregation\n")
-    L.append(f"Protocol: SecAgg (Bonawitz et al. CCS 2017) with the SecAgg+ neighbour graph (Bell et al. CCS 2020); "
-             f"mode **{s['mode']}** (the server follows the protocol's message flow; no PKI, stage-3 consistency "
-             f"check off). Arithmetic mod 2^{s['bits']} = {_f(s['modulus'])}; a round aborts with fewer than "
-             f"min_survivors = {_f(s['min_survivors'])} clients. Assumed: at most a fraction "
-             f"{s['tolerated_corrupt_fraction']} of the clients collude with the server, and dropouts do not depend "
-             "on the session id (docs/graph.md). Statistical security target 2^-40 (no honest client has t corrupt "
-             "neighbours, the honest survivors stay connected), correctness target 2^-30.\n")
-    L.append("| rounds | n | graph | k | t | assumed dropout | log2 security bound | log2 correctness bound |")
-    L.append("|---|---|---|---|---|---|---|---|")
-    for row in s["rounds"]:
-        rr = row["rounds"]
-        span = f"{rr[0]}" if len(rr) == 1 else f"{rr[0]}..{rr[-1]} ({len(rr)})"
-        L.append(f"| {span} | {row['n']} | {row['graph']} | {row['k']} | {row['t']} | {_f(row['dropout_assumed'], 3)} "
-                 f"| {_f(row.get('security_log2'))} | {_f(row.get('correctness_log2'))} |")
-    L.append("")
-
-    v = rep["server_view"]
-    L.append("## 4. What the server saw\n")
-    if not v["recorded_rounds"]:
-        L.append(f"**Not checked:** {v.get('why')}\n")
-    else:
-        L.append(f"Messages kept for round(s) {v['recorded_rounds']}; each test family is corrected (Holm) to a "
-                 f"family-wise false-alarm rate alpha = {v['alpha']:g}.\n")
-        L.append("| check | result | detail |\n|---|---|---|")
-        for name, c in v["checks"].items():
-            res = "pass" if c.get("ok") else ("not run" if c.get("ok") is None else "**FAIL**")
-            detail = c.get("test") or c.get("why", "")
-            if name == "uniformity":
-                detail += (f"; {c['inputs_tested']} inputs, smallest p = {_f(c['min_p'])}, "
-                           f"rejected: {len(c['rejected'])}")
-            if name == "independence" and c.get("ok") is not None:
-                detail += (f"; {c['inputs_tested']} inputs, largest |r| = {_f(c['max_abs_r'])}, smallest p = "
-                           f"{_f(c['min_p'])}, rejected: {len(c['rejected'])}")
-            L.append(f"| {name} | {res} | {detail} |")
-        w = v.get("witness")
-        if w is not None:
-            L.append(f"| witness (re-derivation) | {'pass' if w['ok'] else '**FAIL**'} | {w['test']} |")
-        L.append("")
-
-    L.append("## 5. Empirical privacy\n")
-    cc = rep["empirical"]["client_canaries"]
-    ec = rep["empirical"]["example_canaries"]
-    if cc is None and ec is None:
-        L.append("No canaries in this run (set `[audit] canaries = N` for client-level DP or `canary_examples = N` "
-                 "for sample-level DP): no empirical estimate.\n")
-    if cc is not None:
-        fm = cc["final_model"]
-        L.append(f"**Client-level canaries** ({cc['method']}): {cc['inserted']} inserted canaries (each in "
-                 f"{_f(cc['participation_mean'], 3)} of {cc['rounds']} rounds on average, clip norm times a random "
-                 f"unit direction in d = {cc['dim']}) and {cc['null']} never inserted.\n")
-        L.append("| statistic | inserted mean (std) | null mean (std) | mu | epsilon estimate | "
-                 f"{fm['confidence']:.0%} interval | separate-variance estimate |")
-        L.append("|---|---|---|---|---|---|---|")
-        rows = [("final model delta", fm)]
-        if cc["per_round_max"]:
-            rows.append(("max over per-round deltas", cc["per_round_max"]))
-        for name, e in rows:
-            L.append(f"| {name} | {_f(e['mean_in'])} ({_f(e['std_in'])}) | {_f(e['mean_out'])} ({_f(e['std_out'])}) | "
-                     f"{_f(e['mu'])} | {_f(e['epsilon'])} | [{_f(e['epsilon_low'])}, {_f(e['epsilon_high'])}] | "
-                     f"{_f(e['epsilon_separate_variances'])} |")
-        ks = cc["null_vs_exact_cosine_distribution"]
-        L.append(f"\nThe null canaries' cosines against the exact distribution of a random direction's cosine: KS "
-                 f"p = {_f(ks['p'])}. The estimate is the epsilon at delta = {_f(rep['delta'])} of mu-Gaussian DP, "
-                 "mu = (mean_in - mean_null) / pooled std; the interval comes from the noncentral t distribution. "
-                 "The final-model row is the headline (empirical_epsilon).\n")
-    if ec is not None:
-        L.append(f"**Sample-level canary examples** ({ec['method']}): m = {ec['m']} canaries, {ec['included']} "
-                 f"included; best guess set: {ec['correct']} correct of {ec['guesses']}; epsilon lower bound "
-                 f"{_f(ec['epsilon_lower_bound'])} at delta = {_f(ec['delta'])} with confidence {ec['confidence']:.0%} "
-                 f"(Bonferroni over {len(ec['per_guess_size'])} guess sizes).\n")
-        L.append("| k in / k out | correct | epsilon lower bound |\n|---|---|---|")
-        for row in ec["per_guess_size"]:
-            L.append(f"| {row['k_in']} / {row['k_out']} | {row['correct']} | {_f(row['epsilon_lower_bound'])} |")
-        L.append("")
-
-    L.append("## 6. Digests of every message the server received\n")
-    L.append("SHA-256 of each message's bytes, as `stage client digest` (stage 0 keys, 1 shares, 2 masked input, "
-             "3 signature, 4 unmask); the round digest is SHA-256 over the lines `stage|client|digest`.\n")
-    L.append("| round | messages | round digest |\n|---|---|---|")
-    for t in rep["transcript"]:
-        L.append(f"| {t['round']} | {t['messages']} | `{t['round_digest']}` |")
-    L.append("")
-    for t in rep["transcript"]:
-        L.append(f"<details><summary>round {t['round']}: {t['messages']} messages</summary>\n\n```")
-        L += [f"{s} {u} {dg}" for s, u, dg in t["digests"]]
-        L.append("```\n</details>\n")
-    return "\n".join(L) + "\n"
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def summary_lines(rep: dict) -> list[str]:
-    out = [f"audit of {rep['run_dir']}: {'FLAGGED' if rep['flagged'] else 'not flagged'}",
-           f"  theoretical epsilon {_f(rep['theoretical_epsilon'])} at delta {_f(rep['delta'])}; "
-           f"empirical epsilon {_f(rep['empirical_epsilon'])}; server view ok: {rep['server_view_ok']}"]
-    out += [f"  - {r}" for r in rep["reasons"]]
-    out.append(f"  wrote {Path(rep['run_dir']) / 'audit.json'} and audit.md")
-    return out
+    rundir.write_json(run_dir / rundir.AUDIT_JSON, report)
+    (run_dir / rundir.AUDIT_MD).write_text(render_markdown(report))
+    (run_dir / rundir.AUDIT_DIGESTS).write_text(render_digests(report))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -7,8 +7,10 @@ client keeps its own copy of those layers across rounds; they never leave the cl
 fine-tuning is DP-SGD (``fl_core.learn.client.SampleDP``) and each client's privacy event is returned.
 
 Report: per-client accuracy of the global model and of the personalized one on the client's test
-split; their mean, and the mean over the worst 10% of clients (ceil(n / 10) clients, at least one),
-the usual fairness view of personalization.
+split (with the client's id and train/test sizes); their mean, and the mean over the worst 10% of
+clients (ceil(n / 10) clients, at least one), the usual fairness view of personalization. The worst
+10% is taken over the clients with at least ``MIN_TEST_EXAMPLES`` test examples: a client with one
+test example scores 0 or 1 and would decide the figure alone.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from fl_core.learn.data import ClientData
 from fl_core.errors import bad_field
 from fl_core.learn.params import matches_prefix, named_trainable
 
-__all__ = ["PersonalizationReport", "PersonalizationResult", "worst_fraction_mean", "personalize"]
+__all__ = ["MIN_TEST_EXAMPLES", "PersonalizationReport", "PersonalizationResult", "worst_fraction_mean", "personalize"]
+
+
+MIN_TEST_EXAMPLES = 10  # of a client, to count in the worst-10% figure
 
 
 def worst_fraction_mean(values: Sequence[float] | np.ndarray, *, fraction: float = 0.1) -> float:
@@ -48,6 +53,18 @@ class PersonalizationReport:
 
     global_acc: np.ndarray
     personal_acc: np.ndarray
+    train_sizes: np.ndarray | None = None  # per client, same order; None: every client counts
+    test_sizes: np.ndarray | None = None
+    min_test_examples: int = MIN_TEST_EXAMPLES
+
+    def _counted(self, acc: np.ndarray) -> np.ndarray:
+        if self.test_sizes is None:
+            return acc
+        return acc[np.asarray(self.test_sizes) >= self.min_test_examples]
+
+    @property
+    def clients_counted_in_worst10(self) -> int:
+        return int(self._counted(self.global_acc).size)
 
     @property
     def mean_global(self) -> float:
@@ -59,18 +76,28 @@ class PersonalizationReport:
 
     @property
     def worst10_global(self) -> float:
-        return worst_fraction_mean(self.global_acc)
+        return worst_fraction_mean(self._counted(self.global_acc))
 
     @property
     def worst10_personal(self) -> float:
-        return worst_fraction_mean(self.personal_acc)
+        return worst_fraction_mean(self._counted(self.personal_acc))
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-able summary for metrics files."""
-        return {"mean_global": self.mean_global, "mean_personal": self.mean_personal,
-                "worst10_global": self.worst10_global, "worst10_personal": self.worst10_personal,
-                "global_acc": [float(x) for x in self.global_acc],
-                "personal_acc": [float(x) for x in self.personal_acc]}
+        """JSON-able summary for metrics files (keys ending in ``_acc`` and ``clients`` are per client)."""
+        out: dict[str, object] = {
+            "mean_global": self.mean_global, "mean_personal": self.mean_personal,
+            "worst10_global": self.worst10_global, "worst10_personal": self.worst10_personal,
+            "worst10_min_test_examples": self.min_test_examples if self.test_sizes is not None else None,
+            "worst10_clients_counted": self.clients_counted_in_worst10,
+            "global_acc": [float(x) for x in self.global_acc],
+            "personal_acc": [float(x) for x in self.personal_acc]}
+        if self.test_sizes is not None:
+            out["clients"] = [
+                {"client": i, "train_examples": int(tr), "test_examples": int(te),
+                 "global_accuracy": float(g), "personalized_accuracy": float(p)}
+                for i, (tr, te, g, p) in enumerate(zip(self.train_sizes, self.test_sizes,
+                                                       self.global_acc, self.personal_acc))]
+        return out
 
 
 @dataclass(frozen=True)
@@ -121,5 +148,7 @@ def personalize(global_model: nn.Module, clients: Sequence[ClientData], *, steps
         if personal_layers:
             kept[i] = _personal_state(model, personal_layers)
     report = PersonalizationReport(global_acc=np.array(g_acc, dtype=np.float64),
-                                   personal_acc=np.array(p_acc, dtype=np.float64))
+                                   personal_acc=np.array(p_acc, dtype=np.float64),
+                                   train_sizes=np.array([len(c.train) for c in clients]),
+                                   test_sizes=np.array([len(c.test) for c in clients]))
     return PersonalizationResult(report=report, personal_params=kept, events=events)

@@ -1,38 +1,16 @@
 """What a finished run leaves behind: privacy.json (every guarantee with what it rests on),
-plots.png, model.pt, summary.json, and the final line a person reads."""
+model.pt, summary.json, report.md and plots.png (``fl_core.run.runreport``), and the final line a
+person reads."""
 
 from __future__ import annotations
 
-import json
-import math
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from dp.accounting import Accountant, AccountantKind
-from dp.events import UnitOfPrivacy
-
 from fl_core.config import DPMode, RunConfig
-
-
-def _epsilons(events_owner, delta: float, unit: UnitOfPrivacy) -> dict:
-    """ε at δ under both accountants for the composed history of one tracker."""
-    history = events_owner.accountant.history
-    out = {}
-    for kind in (AccountantKind.RDP, AccountantKind.PRV):
-        acc = Accountant(kind, unit=unit)
-        for event in history:
-            acc.compose(event)
-        if not history:
-            out[kind.value] = 0.0
-            continue
-        res = acc.get_privacy_spent(delta)
-        out[kind.value] = res.epsilon
-        if res.note:
-            out[f"{kind.value}_note"] = res.note
-    out["tightest"] = min(v for k, v in out.items() if k in ("rdp", "prv"))
-    return out
+from fl_core.run import rundir
 
 
 def _local_training(cfg: RunConfig) -> dict:
@@ -48,6 +26,7 @@ def _local_training(cfg: RunConfig) -> dict:
 
 
 def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
+    """privacy.json: what every run states, then what its privacy plan (``fl_core.run.privacy``) adds."""
     dp = cfg.dp
     rec: dict = {
         "mode": dp.mode.value,
@@ -65,123 +44,57 @@ def privacy_record(cfg: RunConfig, privacy, metrics: list[dict]) -> dict:
         },
         "mechanisms": [],
     }
-    if privacy.mode is DPMode.NONE:
-        rec["guarantee"] = "none: no differential privacy in this run (secure aggregation only)"
-        return rec
-    if privacy.mode is DPMode.CLIENT:
-        plan = privacy.ddg
-        eps = _epsilons(privacy.tracker, dp.delta, UnitOfPrivacy.CLIENT)
-        survivors = [m["survivors"] for m in metrics if m["survivors"]]
-        rec["secure_aggregation"]["min_survivors"] = plan.config.min_survivors
-        rec["mechanisms"].append({
-            "name": "distributed discrete Gaussian (Kairouz, Liu, Steinke, ICML 2021)",
-            "unit_of_privacy": "client",
-            "parameters": {
-                "l2_clip": plan.config.l2_clip, "bits": plan.bits, "modulus": plan.modulus,
-                "rotation": "randomized Hadamard, public per-round seed", "padded_dim": plan.padded_dim,
-                "gamma": plan.gamma, "beta": plan.config.beta, "client_sigma_integer_units": plan.client_sigma,
-                "central_noise_std": plan.central_sigma, "l2_sensitivity_integer_units": plan.l2_sensitivity,
-                "calibrated_for_survivors": plan.config.min_survivors,
-                "client_sampling_rate_accounted": privacy.accounting_rate,
-                "sampling": ("Poisson" if cfg.sampling_rate is not None
-                             else "fixed-size cohort, accounted without amplification"),
-                "releases_charged": sum(e.count for e in privacy.tracker.accountant.history),
-            },
-            "epsilon": eps, "delta": dp.delta,
-            "dropouts": {
-                "calibration_assumed_survivors": plan.config.min_survivors,
-                "fewest_survivors_seen": min(survivors) if survivors else None,
-                "noise_std_at_fewest": plan.noise_std(min(survivors)) if survivors else None,
-                "note": "noise per client is calibrated for min_survivors; more survivors only add noise",
-            },
-        })
-        rec["epsilon"], rec["delta"], rec["unit_of_privacy"] = eps["tightest"], dp.delta, "client"
-        rec["budget_epsilon"] = privacy.tracker.budget.epsilon if privacy.tracker.budget.epsilon < 1e9 else None
-    else:
-        per = {}
-        # RDP for every client (fast); both accountants for the 3 clients with the largest RDP
-        # epsilon, where the worst case lives (PRV takes seconds per history).
-        for u in privacy.per_client:
-            rdp = privacy.per_client.tracker(u).accountant
-            acc = Accountant(AccountantKind.RDP, unit=UnitOfPrivacy.EXAMPLE)
-            for event in rdp.history:
-                acc.compose(event)
-            per[u] = {"rdp": acc.get_epsilon(dp.delta) if rdp.history else 0.0}
-        for u in sorted(per, key=lambda k: -per[k]["rdp"])[:3]:
-            per[u] = _epsilons(privacy.per_client.tracker(u), dp.delta, UnitOfPrivacy.EXAMPLE)
-        per = {str(u): v for u, v in per.items()}
-        worst = max((v.get("tightest", v["rdp"]) for v in per.values()), default=0.0)
-        rec["mechanisms"].append({
-            "name": ("DP-SGD (Abadi et al., CCS 2016) via Opacus, per client" if cfg.local.backend.value == "opacus"
-                     else "DP-SGD (Abadi et al., CCS 2016) per client, vectorized over the cohort (fl_core.learn.cohort) "
-                     "with Opacus' semantics"),
-            "unit_of_privacy": "example",
-            "parameters": {"max_grad_norm": dp.l2_clip, "noise_multiplier": privacy.noise_multiplier,
-                           "batch_size": cfg.local.batch_size, "local_epochs": cfg.local.epochs,
-                           "local_steps": cfg.local.steps, "grad_sample_mode": dp.grad_sample_mode.value,
-                           "planned_visits_per_client": privacy.planned_visits},
-            "epsilon_worst_client": worst, "delta": dp.delta,
-            "epsilon_per_client": per,
-        })
-        rec["epsilon"], rec["delta"], rec["unit_of_privacy"] = worst, dp.delta, "example"
-        budget = privacy.per_client.budget.epsilon
-        rec["budget_epsilon"] = budget if budget < 1e9 else None
-    rec["accountant_used_for_budget"] = dp.accountant.value
+    own = privacy.describe(metrics)
+    rec["secure_aggregation"].update(own.pop("secure_aggregation", {}))
+    rec["mechanisms"].extend(own.pop("mechanisms", []))
+    rec.update(own)
     return rec
 
 
-def plot(metrics: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+@dataclass
+class RunSummary:
+    """What ``fl_core.run`` returns: where the run is, how far it got and the privacy it spent."""
 
-    rounds = [m["round"] for m in metrics]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax[0].plot(rounds, [m["accuracy"] for m in metrics], marker=".")
-    ax[0].set_xlabel("round"), ax[0].set_ylabel("test accuracy"), ax[0].grid(alpha=0.3)
-    eps = [m["epsilon"] for m in metrics]
-    if any(e is not None for e in eps):
-        ax[1].plot(rounds, [e if e is not None else math.nan for e in eps], marker=".", color="C3")
-        ax[1].set_ylabel("epsilon so far")
-    else:
-        ax[1].text(0.5, 0.5, "no differential privacy", ha="center", va="center", transform=ax[1].transAxes)
-    ax[1].set_xlabel("round"), ax[1].grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    out_dir: Path
+    rounds_run: int
+    final_accuracy: float
+    epsilon: float | None
+    delta: float | None
+    unit: str | None
+    stopped_by_budget: bool
+    metrics: list[dict]
 
 
-def write_outputs(cfg, out: Path, *, model, data, metrics, privacy, personalization, stopped_by_budget, log):
-    from fl_core.run.loop import RunSummary
+def write_outputs(cfg, out: Path, *, model, data, metrics, privacy, personalization, stopped_by_budget,
+                  log) -> RunSummary:
+    from fl_core.run.runreport import epsilon_line, write_report
 
-    torch.save(model.state_dict(), out / "model.pt")
+    torch.save(model.state_dict(), out / rundir.MODEL)
     rec = privacy_record(cfg, privacy, metrics)
     if personalization is not None:
-        rec_p = personalization.as_dict()
-        (out / "personalization.json").write_text(json.dumps(rec_p, indent=1) + "\n")
-    (out / "privacy.json").write_text(json.dumps(rec, indent=1, default=float) + "\n")
-    if metrics:
-        plot(metrics, out / "plots.png")
-    final_acc = metrics[-1]["accuracy"] if metrics else float("nan")
-    summary = RunSummary(out_dir=out, rounds_run=len(metrics), final_accuracy=final_acc,
+        rundir.write_json(out / rundir.PERSONALIZATION, personalization.as_dict())
+    rundir.write_json(out / rundir.PRIVACY, rec)
+    final_acc = metrics[-1]["accuracy"] if metrics else None
+    summary = RunSummary(out_dir=out, rounds_run=len(metrics),
+                         final_accuracy=final_acc if final_acc is not None else float("nan"),
                          epsilon=rec.get("epsilon"), delta=rec.get("delta"), unit=rec.get("unit_of_privacy"),
                          stopped_by_budget=stopped_by_budget, metrics=metrics)
-    (out / "summary.json").write_text(json.dumps({
+    rundir.write_json(out / rundir.SUMMARY, {
         "rounds_run": summary.rounds_run, "final_accuracy": final_acc, "epsilon": summary.epsilon,
-        "delta": summary.delta, "unit_of_privacy": summary.unit, "stopped_by_budget": stopped_by_budget,
+        "delta": summary.delta, "unit_of_privacy": summary.unit,
+        "epsilon_accountant": rec.get("epsilon_accountant"), "stopped_by_budget": stopped_by_budget,
         "personalization": None if personalization is None else {
-            k: v for k, v in personalization.as_dict().items() if not k.endswith("_acc")},
-    }, indent=1) + "\n")
-    if summary.epsilon is None:
-        log(f"final test accuracy {final_acc:.4f} after {summary.rounds_run} rounds; no differential privacy")
-    else:
-        log(f"final test accuracy {final_acc:.4f} after {summary.rounds_run} rounds; "
-            f"epsilon = {summary.epsilon:.3f} at delta = {summary.delta:g} (unit of privacy: one "
-            f"{summary.unit}; accountant: tightest of RDP and PRV)"
-            + ("; stopped at the epsilon budget" if stopped_by_budget else ""))
+            k: v for k, v in personalization.as_dict().items() if not k.endswith("_acc") and k != "clients"},
+    })
+    report = write_report(out)
+    acc_txt = "none (no round ran)" if final_acc is None else f"{final_acc:.4f}"
+    log(f"final test accuracy {acc_txt} after {summary.rounds_run} rounds; {epsilon_line(rec)}"
+        + ("; stopped at the epsilon budget" if stopped_by_budget else ""))
     if personalization is not None:
         p = personalization
         log(f"personalization: mean accuracy global {p.mean_global:.4f} -> personalized {p.mean_personal:.4f}; "
-            f"worst 10% {p.worst10_global:.4f} -> {p.worst10_personal:.4f}")
-    log(f"outputs in {out}: metrics.jsonl, privacy.json, plots.png, model.pt, config.resolved.toml")
+            f"worst 10% (over the {p.clients_counted_in_worst10} clients with >= {p.min_test_examples} test "
+            f"examples) {p.worst10_global:.4f} -> {p.worst10_personal:.4f}")
+    log(f"outputs in {out}: {report.name} (read this first), {rundir.METRICS}, {rundir.PRIVACY}, {rundir.PLOTS}, "
+        f"{rundir.MODEL}, {rundir.CONFIG}")
     return summary

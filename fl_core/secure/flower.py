@@ -1,56 +1,60 @@
-"""Our secure aggregation and distributed DP over Flower's Message API (flwr >= 1.42).
+"""Our secure aggregation and distributed DP in a Flower app (flwr >= 1.42, Message API).
 
-Client: ``SecureClientApp()`` in place of ``ClientApp()``; the user's ``@app.train()`` handler is
-unchanged, but its reply (trained arrays, metrics) never leaves the node: the app turns the update
-into words (with our DP noise), masks them, and sends only protocol bytes.
-Server: ``SecureFedAvg(settings).start(grid, initial_arrays=...)`` in a ServerApp's ``main``.
+Client: ``ClientApp(mods=[secagg_mod])``, as Flower users add ``secaggplus_mod``; the user's
+``@app.train()`` handler is unchanged, but its reply (trained arrays, metrics) never leaves the
+node: the mod turns the update into words (with our DP noise when the round has DP), masks them,
+and sends only protocol bytes. ``SecureClientApp()`` is the same ClientApp with the mod in place.
+Server: ``strategy.start(grid=SecureGrid(grid, settings), ...)`` with any Message-API strategy
+(FedAvg, FedAdam, FedProx, your own). The strategy samples the nodes and builds the train
+messages as it always does; ``SecureGrid`` turns each train exchange into one secure round over
+the sampled nodes and hands the strategy one train reply: the survivors' mean model (received
+arrays + securely summed mean update), weighted by the survivor count (DDG) or their total examples.
+Evaluate messages pass through untouched.
 
 The mapping onto Flower (docs/flower.md):
-- one protocol step = one Message round trip; our bytes ride in the ConfigRecord ``"secagg"``
-  (key ``"setup"`` for the first step, ``"message"`` after). The setup is a ``train`` message (it
-  carries the model, so the user's training runs); the later steps are ``query.secagg_<step>``.
-- a node's protocol state lives in ``Context.state["secagg-state"]`` (one bytes value), because
-  on the Deployment Engine every message runs in a fresh ClientApp process.
+- every message of ours is a ``train`` message (the type the strategy used) whose ConfigRecord
+  ``"secagg"`` holds ``op`` ("hello", "setup" or "step") and ``data`` (our bytes); the setup
+  message also carries the strategy's own records (the model, its config), so the user's training
+  runs on it; later steps never reach the user's handler.
+- a node's protocol state lives in ``Context.state["secagg-state"]`` (one bytes value), because on
+  the Deployment Engine every message runs in a fresh ClientApp process.
 - a node whose reply misses the step's timeout, or comes back as an error, is a dropout.
-- protocol ids are the nodes' ``partition-id`` (node config), learnt in one ``query.secagg_hello``
-  round trip at the start of a run; in active mode each node proves its id with its signing key.
+- protocol ids are the nodes' ``partition-id`` (node config), learnt in one hello round trip the
+  first time a node is sampled; in active mode each node proves its id with its signing key.
+- what a node requires of a round (its trust file of verify keys, its floors, its epsilon cap)
+  comes from its own node config (``NodePolicy``), never from the server.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
-from dp.accounting import AccountantKind
-from dp.budget import BudgetTracker, PrivacyBudget
-from dp.errors import BudgetExceededError
-from dp.events import UnitOfPrivacy
 from secagg.config import GraphKind, RoundConfig
-from secagg.errors import (AbortedError, ConfigError, InputError, LocalProtocolError, RefusedRequestError)
+from secagg.errors import AbortedError, ConfigError, InputError, LocalProtocolError, RefusedRequestError
 from secagg.hazmat.sign import SigningKey
-from secagg.simulate import ProtocolStage
 
-from fl_core.secure.round import SecureRoundSpec, graph_parameters
-from fl_core.secure.transport import (InputKind, InputSpec, RoundSetup, Step, check_setup, client_begin, client_step,
-                        decode_aggregate, encode_input, min_survivors_for, run_server_round, ddg_plan)
+from fl_core.secure.inputs import InputKind, InputSpec
+from fl_core.secure.transport import (NodePolicy, RoundSetup, Step, check_setup, client_begin, client_step,
+                                      min_survivors_for, run_server_round)
 
-__all__ = ["SecureClientApp", "SecureFedAvg", "SecureSettings", "GridExchange", "RoundRecord", "SecureRunResult",
-           "arrays_to_vector", "vector_to_arrays", "MESSAGE_TYPES", "HELLO_TYPE", "RECORD", "STATE_RECORD",
-           "discover_nodes"]
+__all__ = ["secagg_mod", "SecureClientApp", "SecureGrid", "SecureSettings", "GridExchange", "RoundRecord",
+           "node_policy", "arrays_to_vector", "vector_to_arrays", "RECORD", "STATE_RECORD", "RUN_CONFIG_KEYS",
+           "NODE_CONFIG_KEYS"]
 
 RECORD = "secagg"              # ConfigRecord with our bytes, in every message of ours
 STATE_RECORD = "secagg-state"  # ConfigRecord in Context.state: {"state": bytes}
-HELLO_TYPE = "query.secagg_hello"
-MESSAGE_TYPES = {Step.SETUP: "train", Step.KEYS: "query.secagg_keys", Step.SHARES: "query.secagg_shares",
-                 Step.CONSISTENCY: "query.secagg_consistency", Step.UNMASK: "query.secagg_unmask"}
+#: error code of a ClientApp exception (flwr.common.constant.ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
+_CLIENT_APP_RAISED_EXCEPTION = 2
 
 
 # ---------------------------------------------------------------------------- arrays <-> vector
@@ -82,172 +86,253 @@ def vector_to_arrays(vec: np.ndarray, layout: Layout) -> ArrayRecord:
     return out
 
 
-# ---------------------------------------------------------------------------- client
+def _array_record(content: RecordDict, key: str | None = None) -> tuple[str, ArrayRecord]:
+    records = content.array_records
+    if key is not None and key in records:
+        return key, records[key]
+    if len(records) != 1:
+        raise InputError(f"expected one ArrayRecord (the model), found {sorted(records)}")
+    return next(iter(records.items()))
+
+
+# ---------------------------------------------------------------------------- node config
+
+#: node config (``flower-supernode --node-config``): key -> meaning (docs/flower.md)
+NODE_CONFIG_KEYS = {
+    "partition-id": "the node's protocol id (and data partition); required",
+    "secagg-signing-key-file": "active mode: file with 64 hex digits, the node's Ed25519 signing key",
+    "secagg-trust-file": "active mode: JSON {client id: 64 hex digits} of every client's verify key; "
+                         "the node takes part only in active rounds with exactly these keys",
+    "secagg-min-threshold": "refuse rounds whose Shamir threshold t is smaller",
+    "secagg-min-k": "refuse rounds in which this node has fewer neighbours",
+    "secagg-min-survivors": "refuse rounds whose min_survivors (absolute) is smaller",
+    "secagg-min-bits": "refuse rounds with narrower words",
+    "dp-max-epsilon": "refuse rounds that promise a larger epsilon, or no DP",
+    "secagg-allow-plain-train": "also serve train messages without a secure round (off: a raw update "
+                                "never leaves the node)",
+}
+
+
+def _node_value(context: Context, key: str, kind, default):
+    v = context.node_config.get(key, default)
+    if v is default:
+        return v
+    if kind is int and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        raise ConfigError(f"node config {key}={v!r} must be a non-negative int")
+    if kind is float and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+        raise ConfigError(f"node config {key}={v!r} must be a positive number")
+    return kind(v)
 
 
 def partition_client_id(context: Context) -> int:
     """The node's protocol id: its ``partition-id`` from the node config."""
-    value = context.node_config.get("partition-id")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"node config partition-id must be a non-negative int, got partition-id={value!r}")
+    value = _node_value(context, "partition-id", int, None)
+    if value is None:
+        raise ConfigError("node config partition-id is required (the node's protocol id)")
     return value
 
 
 def file_signing_key(context: Context) -> SigningKey | None:
-    """Active mode: the node's Ed25519 key, 64 hex digits in the file named by node config
-    ``signing-key-file``; None (semi-honest mode) when that key is absent."""
-    path = context.node_config.get("signing-key-file")
+    """Active mode: the node's Ed25519 key from ``secagg-signing-key-file``; None when absent."""
+    path = context.node_config.get("secagg-signing-key-file")
     if not path:
         return None
     with open(str(path)) as f:
         return SigningKey.from_private(bytes.fromhex(f.read().strip()))
 
 
+def read_trust_file(path: str) -> dict[int, bytes]:
+    """``{client id: verify key}`` from a JSON object of hex strings; ConfigError naming the file."""
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+        keys = {int(u): bytes.fromhex(pk) for u, pk in raw.items()}
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise ConfigError(f"trust file {path!r} is not a JSON object of client id -> hex key: {e}") from None
+    bad = [u for u, pk in keys.items() if len(pk) != 32]
+    if bad:
+        raise ConfigError(f"trust file {path!r}: keys of clients {bad[:5]} are not 32 bytes")
+    return keys
+
+
+def node_policy(context: Context) -> NodePolicy:
+    """The node's own requirements of a round, from its node config only."""
+    trust = context.node_config.get("secagg-trust-file")
+    return NodePolicy(verify_keys=read_trust_file(str(trust)) if trust else None,
+                      min_threshold=_node_value(context, "secagg-min-threshold", int, 1),
+                      min_k=_node_value(context, "secagg-min-k", int, 1),
+                      min_survivors=_node_value(context, "secagg-min-survivors", int, 2),
+                      min_bits=_node_value(context, "secagg-min-bits", int, 1),
+                      max_epsilon=_node_value(context, "dp-max-epsilon", float, None))
+
+
+# ---------------------------------------------------------------------------- client: the mod
+
+
 def _reply(msg: Message, **values) -> Message:
     return Message(RecordDict({RECORD: ConfigRecord(values)}), reply_to=msg)
 
 
-class SecureClientApp(ClientApp):
-    """A ClientApp whose train updates leave the node only masked, through our protocol.
+def secagg_mod(msg: Message, context: Context, call_next) -> Message:
+    """Flower Mod: serve our protocol on train messages; everything else passes through.
 
-    ``max_epsilon``: refuse rounds whose epsilon is larger, or that have no DP (the node's own cap;
-    default: the node config's ``max-epsilon``, if set).
-    ``allow_plain_train``: also serve train messages that do not start a secure round (off by
-    default, so a server that skips secure aggregation never receives a raw update).
-    """
-
-    def __init__(self, *, mods=None, client_id_fn: Callable[[Context], int] = partition_client_id,
-                 signing_key_fn: Callable[[Context], SigningKey | None] = file_signing_key,
-                 max_epsilon: float | None = None, allow_plain_train: bool = False) -> None:
-        super().__init__(mods=[self._secure_mod, *(mods or [])])
-        self._client_id = client_id_fn
-        self._signing_key = signing_key_fn
-        self._max_epsilon = max_epsilon
-        self._allow_plain = allow_plain_train
-        self.query("secagg_hello")(self._hello)
-        for step in (Step.KEYS, Step.SHARES, Step.CONSISTENCY, Step.UNMASK):
-            self.query(MESSAGE_TYPES[step].split(".")[1])(self._step)
-
-    def _hello(self, msg: Message, context: Context) -> Message:
-        key = self._signing_key(context)
-        return _reply(msg, **{"client-id": self._client_id(context),
-                              "verify-key": b"" if key is None else key.public})
-
-    def _secure_mod(self, msg: Message, context: Context, call_next) -> Message:
-        if msg.metadata.message_type.split(".")[0] != "train":
+    A train message without a secure round setup is refused (an error reply) unless the node
+    config sets ``secagg-allow-plain-train``, so a server that skips secure aggregation never
+    receives a raw update. Protocol steps after the setup never reach the train handler."""
+    if msg.metadata.message_type.split(".")[0] != "train":
+        return call_next(msg, context)
+    if RECORD not in msg.content.config_records:
+        if context.node_config.get("secagg-allow-plain-train", False) is True:
             return call_next(msg, context)
-        if RECORD not in msg.content.config_records:
-            if self._allow_plain:
-                return call_next(msg, context)
-            raise RefusedRequestError("this SecureClientApp sends updates only through secure aggregation; "
-                                      "it got a train message without a secure round setup")
-        setup = RoundSetup.from_bytes(msg.content.config_records[RECORD]["setup"])
-        u = self._client_id(context)
-        limit = self._max_epsilon if self._max_epsilon is not None else context.node_config.get("max-epsilon")
-        check_setup(setup, u, max_epsilon=None if limit is None else float(limit))
-        update = examples = None
-        if setup.input.kind is not InputKind.WORDS:
-            start, layout = arrays_to_vector(msg.content.array_records["arrays"])
-            result = call_next(msg, context)
-            if result.has_error():
-                return result
-            trained, got = arrays_to_vector(next(iter(result.content.array_records.values())))
-            if got != layout:
-                raise InputError("the train handler returned arrays of another layout than it was sent")
-            update = trained - start
-            for rec in result.content.metric_records.values():
-                if "num-examples" in rec:
-                    examples = int(rec["num-examples"])
-            del result  # the trained model and its metrics stay on this node
-        words = encode_input(setup.input, client_id=u, round_number=setup.round_number,
-                             round_seed=setup.round_seed, update=update, num_examples=examples)
-        res = client_begin(setup, client_id=u, words=words, signing_key=self._signing_key(context))
-        context.state.config_records[STATE_RECORD] = ConfigRecord({"state": res.state})
-        return _reply(msg, message=res.reply)
-
-    def _step(self, msg: Message, context: Context) -> Message:
+        raise RefusedRequestError("this node sends updates only through secure aggregation; it got a train "
+                                  "message without a secure round setup")
+    rec = msg.content.config_records[RECORD]
+    op = rec.get("op")
+    if op == "hello":
+        key = file_signing_key(context)
+        return _reply(msg, **{"client-id": partition_client_id(context),
+                              "verify-key": b"" if key is None else key.public})
+    if op == "setup":
+        return _setup(msg, context, call_next, bytes(rec["data"]))
+    if op == "step":
         if STATE_RECORD not in context.state.config_records:
             raise LocalProtocolError("no secure round in progress on this node (no saved state)")
-        res = client_step(context.state.config_records[STATE_RECORD]["state"],
-                          msg.content.config_records[RECORD]["message"], signing_key=self._signing_key(context))
+        res = client_step(context.state.config_records[STATE_RECORD]["state"], bytes(rec["data"]),
+                          signing_key=file_signing_key(context))
         context.state.config_records[STATE_RECORD] = ConfigRecord({"state": res.state})
         if res.error is not None:
             raise res.error  # Flower returns it as an error reply: the server counts a dropout
-        return _reply(msg, message=res.reply)
+        return _reply(msg, data=res.reply)
+    raise LocalProtocolError(f"unknown secagg op {op!r}")
 
 
-# ---------------------------------------------------------------------------- server
+def _setup(msg: Message, context: Context, call_next, data: bytes) -> Message:
+    setup = RoundSetup.from_bytes(data)
+    u = partition_client_id(context)
+    check_setup(setup, u, policy=node_policy(context))
+    update = examples = None
+    if setup.input.kind is not InputKind.WORDS:
+        key, sent = _array_record(msg.content)
+        start, layout = arrays_to_vector(sent)
+        result = call_next(msg, context)
+        if result.has_error():
+            return result
+        _, trained = _array_record(result.content, key)
+        trained_vec, got = arrays_to_vector(trained)
+        if got != layout:
+            raise InputError("the train handler returned arrays of another layout than it was sent")
+        update = trained_vec - start
+        for m in result.content.metric_records.values():
+            if "num-examples" in m:
+                examples = int(m["num-examples"])
+        del result, trained  # the trained model and its metrics stay on this node
+    words = setup.input.encoder().encode(update, client_id=u, round_number=setup.round_number,
+                                         round_seed=setup.round_seed, num_examples=examples)
+    res = client_begin(setup, client_id=u, words=words, signing_key=file_signing_key(context))
+    context.state.config_records[STATE_RECORD] = ConfigRecord({"state": res.state})
+    return _reply(msg, data=res.reply)
+
+
+class SecureClientApp(ClientApp):
+    """``ClientApp(mods=[secagg_mod, *mods])``: a ClientApp whose train updates leave the node only
+    masked, through our protocol. Register the train handler as usual."""
+
+    def __init__(self, *, mods=None) -> None:
+        super().__init__(mods=[secagg_mod, *(mods or [])])
+
+
+# ---------------------------------------------------------------------------- server settings
 
 
 def _bad(name: str, value, why: str) -> ConfigError:
     return ConfigError(f"run config {name}={value!r}: {why}")
 
 
+#: run config key -> (SecureSettings field, meaning); the table of docs/flower.md
+RUN_CONFIG_KEYS = {
+    "secagg-timeout": ("timeout", "seconds a protocol step waits for replies; a node that misses it is a dropout"),
+    "secagg-bits": ("bits", "word width: arithmetic is mod 2^bits; a setup whose sum could wrap is refused"),
+    "secagg-min-survivors": ("min_survivors", "fraction of a round's sampled nodes below which it aborts "
+                                              "(revealing nothing); the DP noise is calibrated for this many"),
+    "secagg-graph": ("graph", '"sparse" (SecAgg+) or "complete" (SecAgg)'),
+    "secagg-k": ("k", "neighbours per node; 0: the SecAgg+ rule (secagg.graph.choose_k_t)"),
+    "secagg-threshold": ("threshold", "Shamir threshold as a fraction of k; 0: the SecAgg+ rule"),
+    "secagg-expected-dropout": ("expected_dropout", "the dropout rate the SecAgg+ rule plans for"),
+    "secagg-l2-clip": ("l2_clip", "L2 bound on one node's update (both encodings)"),
+    "secagg-example-cap": ("example_cap", "without DP: public bound on a node's example count (its weight)"),
+    "secagg-verify-keys": ("verify_keys", '"id:hex,...": the nodes\' Ed25519 keys; turns on the active mode'),
+    "secagg-test-dim": ("test_dim", "test only: > 0 sends known words of this length instead of training"),
+    "secagg-test-seed": ("test_seed", "test only: the seed of those words"),
+    "dp-epsilon": ("epsilon", "client-level epsilon over dp-rounds rounds (distributed discrete Gaussian); "
+                              "0: no DP (fixed point, example-weighted mean)"),
+    "dp-delta": ("delta", "client-level delta"),
+    "dp-rounds": ("dp_rounds", "rounds the budget covers; default: num-server-rounds"),
+}
+
+
 @dataclass(frozen=True)
 class SecureSettings:
-    """A secure FedAvg run. Run-config names (kebab case) are in ``from_run_config``.
+    """How ``SecureGrid`` runs each secure round. Run-config names in ``RUN_CONFIG_KEYS``.
 
     ``epsilon`` None means no DP (fixed-point encoding, example-weighted mean); else client-level
-    distributed discrete Gaussian noise for (epsilon, delta) over ``rounds`` rounds. ``threshold``
-    and ``k`` None: the SecAgg+ rule picks them for ``expected_dropout``. ``verify_keys`` (client id
-    -> Ed25519 public key) turns on the active-server mode. ``test_dim`` > 0: test-only words.
-    """
+    distributed discrete Gaussian noise for (epsilon, delta) over ``dp_rounds`` rounds.
+    ``threshold`` and ``k`` None: the SecAgg+ rule picks them for ``expected_dropout``.
+    ``verify_keys`` (client id -> Ed25519 public key) turns on the active-server mode.
+    ``test_dim`` > 0: test-only words."""
 
-    rounds: int = 3
-    min_nodes: int = 2
-    node_wait: float = 60.0
-    stage_timeout: float = 30.0
+    timeout: float = 30.0
     bits: int = 32
     min_survivors: float = 0.6
     graph: GraphKind = GraphKind.SPARSE
     k: int | None = None
     threshold: float | None = None
     expected_dropout: float = 0.1
-    epsilon: float | None = 8.0
-    delta: float = 1e-5
     l2_clip: float = 0.5
     example_cap: int = 10_000
-    server_lr: float = 1.0
+    epsilon: float | None = None
+    delta: float = 1e-5
+    dp_rounds: int = 1
     verify_keys: Mapping[int, bytes] | None = None
     test_dim: int = 0
     test_seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "min_nodes", "bits", "example_cap"):
+        for name in ("bits", "example_cap", "dp_rounds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise _bad(name, v, "must be a positive int")
-        if self.min_nodes < 2:
-            raise _bad("min_nodes", self.min_nodes, "a sum needs at least 2 clients")
-        for name in ("node_wait", "stage_timeout", "l2_clip", "server_lr"):
+        for name in ("timeout", "l2_clip", "delta"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise _bad(name, v, "must be a positive number")
         if not 0 < self.min_survivors <= 1:
-            raise _bad("min_survivors", self.min_survivors, "is a fraction of the round's clients in (0, 1]")
+            raise _bad("min_survivors", self.min_survivors, "is a fraction of the round's nodes in (0, 1]")
         if self.threshold is not None and not 0 < self.threshold <= 1:
             raise _bad("threshold", self.threshold, "is a fraction of k in (0, 1]")
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+            raise _bad("k", self.k, "must be a positive int (or None for the SecAgg+ rule)")
         if not 0 <= self.expected_dropout < 1:
             raise _bad("expected_dropout", self.expected_dropout, "must be in [0, 1)")
         if self.epsilon is not None and not self.epsilon > 0:
             raise _bad("epsilon", self.epsilon, "must be positive (or None for no DP)")
         if not isinstance(self.graph, GraphKind):
             raise _bad("graph", self.graph, "must be a GraphKind")
-        if self.test_dim < 0:
-            raise _bad("test_dim", self.test_dim, "must be >= 0")
+        if isinstance(self.test_dim, bool) or not isinstance(self.test_dim, int) or self.test_dim < 0:
+            raise _bad("test_dim", self.test_dim, "must be an int >= 0")
 
     @classmethod
     def from_run_config(cls, rc: Mapping) -> SecureSettings:
-        """From a Flower run config; absent keys keep their defaults. ``epsilon = 0`` means no DP,
-        ``k = 0`` / ``threshold = 0`` mean the SecAgg+ rule, ``verify-keys = "id:hex,..."``."""
-        names = {"num-server-rounds": "rounds", "min-nodes": "min_nodes", "node-wait": "node_wait",
-                 "stage-timeout": "stage_timeout", "bits": "bits", "min-survivors": "min_survivors",
-                 "graph": "graph", "k": "k", "threshold": "threshold", "expected-dropout": "expected_dropout",
-                 "epsilon": "epsilon", "delta": "delta", "l2-clip": "l2_clip", "example-cap": "example_cap",
-                 "server-lr": "server_lr", "verify-keys": "verify_keys", "test-dim": "test_dim",
-                 "test-seed": "test_seed"}
+        """From a Flower run config: only the ``secagg-``/``dp-`` keys of ``RUN_CONFIG_KEYS`` (an
+        unknown key with one of those prefixes is an error, so a typo is not silently ignored);
+        ``dp-rounds`` defaults to ``num-server-rounds``. ``dp-epsilon = 0`` means no DP,
+        ``secagg-k = 0`` / ``secagg-threshold = 0`` the SecAgg+ rule."""
+        unknown = sorted(k for k in rc if k.startswith(("secagg-", "dp-")) and k not in RUN_CONFIG_KEYS)
+        if unknown:
+            raise _bad(unknown[0], rc[unknown[0]], f"unknown key; known: {sorted(RUN_CONFIG_KEYS)}")
         kw = {}
-        for key, name in names.items():
+        if "num-server-rounds" in rc:
+            kw["dp_rounds"] = rc["num-server-rounds"]
+        for key, (name, _) in RUN_CONFIG_KEYS.items():
             if key not in rc:
                 continue
             v = rc[key]
@@ -261,7 +346,7 @@ class SecureSettings:
             elif name == "verify_keys":
                 v = _parse_verify_keys(key, v) if v else None
             elif name in ("min_survivors", "threshold", "expected_dropout", "epsilon", "delta", "l2_clip",
-                          "server_lr", "node_wait", "stage_timeout") and isinstance(v, int) and not isinstance(v, bool):
+                          "timeout") and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)
             kw[name] = v
         return cls(**kw)
@@ -274,7 +359,7 @@ class SecureSettings:
             return InputSpec(InputKind.FIXED_POINT, dim=dim, bits=self.bits, l2_clip=self.l2_clip,
                              num_clients=num_clients, min_survivors=min_survivors, example_cap=self.example_cap)
         return InputSpec(InputKind.DDG, dim=dim, bits=self.bits, l2_clip=self.l2_clip, num_clients=num_clients,
-                         min_survivors=min_survivors, epsilon=self.epsilon, delta=self.delta, rounds=self.rounds)
+                         min_survivors=min_survivors, epsilon=self.epsilon, delta=self.delta, rounds=self.dp_rounds)
 
 
 def _parse_verify_keys(key: str, text) -> dict[int, bytes]:
@@ -288,31 +373,42 @@ def _parse_verify_keys(key: str, text) -> dict[int, bytes]:
     return out
 
 
+# ---------------------------------------------------------------------------- server: the grid
+
+
 class GridExchange:
-    """``transport.Exchange`` over a Flower Grid: one Message per client and step, replies
+    """``transport.Exchange`` over a Flower Grid: one train Message per node and step, replies
     collected until ``timeout``; a missing or error reply is a dropout. Replies are keyed by the
     sending node as Flower authenticated it, mapped back to protocol ids."""
 
     def __init__(self, grid: Grid, node_of: Mapping[int, int], *, timeout: float, group_id: str,
-                 setup_content: RecordDict | None = None, log: Callable[[str], None] = print) -> None:
+                 message_type: str = "train", setup_content: Mapping[int, RecordDict] | None = None,
+                 log: Callable[[str], None] = print) -> None:
         self.grid, self.node_of, self.timeout, self.group_id = grid, dict(node_of), timeout, group_id
         self.client_of = {nid: u for u, nid in self.node_of.items()}
-        self.setup_content = setup_content
+        self.message_type = message_type
+        self.setup_content = dict(setup_content or {})  # node id -> the strategy's records for it
         self.log = log
         self.errors: dict[int, str] = {}
+        self.step_rtt: dict[str, float] = {}  # step -> seconds of its send_and_receive
 
     def __call__(self, step: Step, outgoing: Mapping[int, bytes]) -> dict[int, bytes]:
         msgs = []
         for u, data in outgoing.items():
+            nid = self.node_of[u]
             if step is Step.SETUP:
-                content = RecordDict(dict(self.setup_content.items()) if self.setup_content else {})
-                content[RECORD] = ConfigRecord({"setup": data})
+                base = self.setup_content.get(nid)
+                content = RecordDict(dict(base.items()) if base is not None else {})
+                content[RECORD] = ConfigRecord({"op": "setup", "data": data})
             else:
-                content = RecordDict({RECORD: ConfigRecord({"message": data})})
-            msgs.append(Message(content, dst_node_id=self.node_of[u], message_type=MESSAGE_TYPES[step],
+                content = RecordDict({RECORD: ConfigRecord({"op": "step", "data": data})})
+            msgs.append(Message(content, dst_node_id=nid, message_type=self.message_type,
                                 group_id=self.group_id, ttl=self.timeout))
+        t0 = time.perf_counter()
+        replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout))
+        self.step_rtt[step.value] = time.perf_counter() - t0
         out = {}
-        for rep in self.grid.send_and_receive(msgs, timeout=self.timeout):
+        for rep in replies:
             u = self.client_of.get(rep.metadata.src_node_id)
             if rep.has_error():
                 if u is not None:
@@ -322,42 +418,15 @@ class GridExchange:
             if u is None or u not in outgoing:
                 continue
             try:
-                out[u] = bytes(rep.content.config_records[RECORD]["message"])
+                out[u] = bytes(rep.content.config_records[RECORD]["data"])
             except (KeyError, TypeError):
                 self.errors[u] = f"{step.value}: reply without our record"
         return out
 
 
-def discover_nodes(grid: Grid, *, min_nodes: int, wait: float, timeout: float,
-                   verify_keys: Mapping[int, bytes] | None = None,
-                   log: Callable[[str], None] = print) -> dict[int, int]:
-    """Node id -> protocol id, from one hello round trip once ``min_nodes`` nodes are connected.
-    Nodes that claim a taken id, or (active mode) show another key than the registered one, are
-    left out."""
-    deadline = time.monotonic() + wait
-    while len(list(grid.get_node_ids())) < min_nodes and time.monotonic() < deadline:
-        time.sleep(1.0)
-    nodes = sorted(grid.get_node_ids())
-    msgs = [Message(RecordDict({RECORD: ConfigRecord({})}), dst_node_id=nid, message_type=HELLO_TYPE,
-                    group_id="hello", ttl=timeout) for nid in nodes]
-    found: dict[int, int] = {}
-    for rep in sorted(grid.send_and_receive(msgs, timeout=timeout), key=lambda m: m.metadata.src_node_id):
-        if rep.has_error():
-            continue
-        rec = rep.content.config_records[RECORD]
-        u, pk = int(rec["client-id"]), bytes(rec["verify-key"])
-        if u in found.values():
-            log(f"node {rep.metadata.src_node_id} claims client id {u}, which another node has: left out")
-        elif verify_keys is not None and verify_keys.get(u) != pk:
-            log(f"node {rep.metadata.src_node_id} claims client id {u} without its registered key: left out")
-        else:
-            found[rep.metadata.src_node_id] = u
-    return found
-
-
 @dataclass
 class RoundRecord:
-    """What one round did: who took part and survived, its cost, and the privacy spent so far."""
+    """What one secure round did: who took part and survived, its cost, and the privacy spent."""
 
     round: int
     sampled: tuple[int, ...]
@@ -367,11 +436,11 @@ class RoundRecord:
     threshold: int = 0
     min_survivors: int = 0
     seconds: float = 0.0
+    hello_seconds: float = 0.0
     step_seconds: dict[str, float] = field(default_factory=dict)
     upload_bytes_per_client: int = 0     # most any client sent in this round
     download_bytes_per_client: int = 0   # most any client was sent (the setup carries the model)
     epsilon: float | None = None
-    metrics: dict = field(default_factory=dict)
     aborted: str | None = None
     dropouts: dict[int, str] = field(default_factory=dict)
     aggregate: np.ndarray | None = None  # test words only: the sum mod 2**bits itself
@@ -385,110 +454,182 @@ class RoundRecord:
         return d
 
 
-@dataclass
-class SecureRunResult:
-    arrays: ArrayRecord | None
-    rounds: list[RoundRecord]
-    nodes: dict[int, int]                 # node id -> protocol id
-    epsilon: float | None
-    delta: float | None
-    stopped_by_budget: bool = False
+class SecureGrid(Grid):
+    """A Grid for ``strategy.start(grid=SecureGrid(grid, settings), ...)``: each exchange of train
+    messages becomes one secure round over the nodes the strategy sampled; everything else goes to
+    ``grid`` as it is. The strategy gets one train reply, the survivors' mean model, with a
+    MetricRecord ``{weighted_by_key: weight, "secagg-survivors": m}`` (none if the round aborted or
+    the DP budget is spent), then aggregates it as it would any reply (FedAdam's moments, ...).
 
+    ``rounds``: a ``RoundRecord`` per round; ``epsilon``: the privacy spent so far (RDP, unit: one
+    client); ``nodes``: node id -> protocol id. ``on_step(round, step, clients)`` is called
+    before each step (tests)."""
 
-class SecureFedAvg:
-    """FedAvg whose every aggregate is a secure sum (and, with DP, a noisy one) of the nodes'
-    updates: new = old + server_lr * mean update. The ServerApp only ever holds masked words."""
+    def __init__(self, grid: Grid, settings: SecureSettings, *, weighted_by_key: str = "num-examples",
+                 log: Callable[[str], None] = print,
+                 on_step: Callable[[int, Step, tuple[int, ...]], None] | None = None) -> None:
+        self.grid, self.settings, self.weighted_by_key, self.log = grid, settings, weighted_by_key, log
+        self.on_step = on_step
+        self.rounds: list[RoundRecord] = []
+        self.nodes: dict[int, int] = {}
+        self._refused: set[int] = set()
+        self.stopped_by_budget = False
+        self._tracker = None
+        self._run_tag = os.urandom(4).hex()
+        if settings.epsilon is not None:
+            from dp.accounting import AccountantKind
+            from dp.budget import BudgetTracker, PrivacyBudget
+            from dp.events import UnitOfPrivacy
+            self._tracker = BudgetTracker(PrivacyBudget(settings.epsilon, settings.delta, unit=UnitOfPrivacy.CLIENT),
+                                          accountant=AccountantKind.RDP)
 
-    def __init__(self, settings: SecureSettings, *, log: Callable[[str], None] = print) -> None:
-        self.settings = settings
-        self.log = log
+    @property
+    def epsilon(self) -> float | None:
+        return None if self._tracker is None else self._tracker.epsilon_so_far
 
-    def start(self, grid: Grid, *, initial_arrays: ArrayRecord | None = None,
-              train_config: Mapping | None = None,
-              evaluate_fn: Callable[[int, ArrayRecord], Mapping] | None = None,
-              on_step: Callable[[int, Step, tuple[int, ...]], None] | None = None) -> SecureRunResult:
+    # ---- the Grid API, delegated
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        if any(m.metadata.message_type.split(".")[0] == "train" for m in messages):
+            raise ConfigError("SecureGrid sends train messages only through send_and_receive (a secure round)")
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
+        train = [m for m in messages if m.metadata.message_type.split(".")[0] == "train"]
+        other = [m for m in messages if m.metadata.message_type.split(".")[0] != "train"]
+        replies = list(self.grid.send_and_receive(other, timeout=timeout)) if other else []
+        if train:
+            replies += self._secure_round(train)
+        return replies
+
+    # ---- one secure round
+    def _hello(self, node_ids: list[int], message_type: str) -> None:
+        """Learn the protocol ids of nodes not seen before (one round trip for all of them)."""
         s = self.settings
-        nodes = discover_nodes(grid, min_nodes=s.min_nodes, wait=s.node_wait, timeout=s.stage_timeout,
-                               verify_keys=s.verify_keys, log=self.log)
-        if len(nodes) < s.min_nodes:
-            raise AbortedError(f"only {len(nodes)} nodes answered the hello, fewer than min_nodes={s.min_nodes}")
-        n = len(nodes)
-        m = min_survivors_for(n, s.min_survivors)
+        msgs = [Message(RecordDict({RECORD: ConfigRecord({"op": "hello"})}), dst_node_id=nid,
+                        message_type=message_type, group_id=f"secagg-{self._run_tag}-hello", ttl=s.timeout)
+                for nid in node_ids]
+        answered = set()
+        for rep in sorted(self.grid.send_and_receive(msgs, timeout=s.timeout), key=lambda m: m.metadata.src_node_id):
+            nid = rep.metadata.src_node_id
+            if rep.has_error() or nid not in node_ids:
+                continue
+            answered.add(nid)
+            rec = rep.content.config_records[RECORD]
+            u, pk = int(rec["client-id"]), bytes(rec["verify-key"])
+            if u in self.nodes.values():
+                self.log(f"node {nid} claims client id {u}, which another node has: left out")
+                self._refused.add(nid)
+            elif s.verify_keys is not None and s.verify_keys.get(u) != pk:
+                self.log(f"node {nid} claims client id {u} without its registered key: left out")
+                self._refused.add(nid)
+            else:
+                self.nodes[nid] = u
+
+    def _secure_round(self, train: list[Message]) -> list[Message]:
+        s = self.settings
+        t0 = time.perf_counter()
+        r = len(self.rounds) + 1
+        first = train[0]
+        mtype = first.metadata.message_type
+        by_node = {m.metadata.dst_node_id: m for m in train}
+        new = [nid for nid in sorted(by_node) if nid not in self.nodes and nid not in self._refused]
+        if new:
+            self._hello(new, mtype)
+        hello_s = time.perf_counter() - t0
+        node_of = {self.nodes[nid]: nid for nid in by_node if nid in self.nodes}
+        n = len(node_of)
+        m = min_survivors_for(max(n, 2), s.min_survivors)
+        rec = RoundRecord(round=r, sampled=tuple(sorted(node_of)), min_survivors=m, hello_seconds=hello_s)
+        self.rounds.append(rec)
         vec = layout = None
+        key, base = _array_record(first.content)
         if not s.test_dim:
-            if initial_arrays is None:
-                raise ConfigError("initial_arrays is required unless test_dim is set")
-            vec, layout = arrays_to_vector(initial_arrays)
-        spec = s.input_spec(dim=0 if vec is None else vec.size, num_clients=n, min_survivors=m)
-        tracker = event = None
-        if spec.kind is InputKind.DDG:
-            event = ddg_plan(spec).event
-            tracker = BudgetTracker(PrivacyBudget(s.epsilon, s.delta, unit=UnitOfPrivacy.CLIENT),
-                                    accountant=AccountantKind.RDP)
-        self.log(f"secure FedAvg: {n} nodes (client ids {sorted(nodes.values())}), min_survivors={m}, "
-                 f"input {spec.kind.value}, {spec.word_dim} words of {spec.bits} bits")
-        arrays = initial_arrays
-        rounds: list[RoundRecord] = []
-        stopped = False
-        run_tag = os.urandom(4).hex()
-        for r in range(1, s.rounds + 1):
-            if tracker is not None:
+            vec, layout = arrays_to_vector(base)
+        try:
+            if n < max(m, 2):
+                raise AbortedError(f"only {n} sampled nodes answered the hello, fewer than min_survivors={m}")
+            spec = s.input_spec(dim=0 if vec is None else vec.size, num_clients=n, min_survivors=m)
+            event = None
+            if spec.kind is InputKind.DDG:
+                event = spec.encoder().plan.event
+                from dp.errors import BudgetExceededError
                 try:
-                    tracker.check(event)
+                    self._tracker.check(event)
                 except BudgetExceededError as e:
-                    self.log(f"stopping before round {r}: {e}")
-                    stopped = True
-                    break
-            t0 = time.perf_counter()
-            alive = set(grid.get_node_ids())
-            node_of = {u: nid for nid, u in nodes.items() if nid in alive}
-            rec = RoundRecord(round=r, sampled=tuple(sorted(node_of)), min_survivors=m)
-            rounds.append(rec)
+                    self.stopped_by_budget = True
+                    raise AbortedError(f"privacy budget: {e}") from None
             try:
-                if len(node_of) < m:
-                    raise AbortedError(f"only {len(node_of)} nodes connected, fewer than min_survivors={m}")
-                kind, k, t = graph_parameters(len(node_of), SecureRoundSpec(
-                    enabled=True, graph=s.graph, bits=s.bits, min_survivors=m, k=s.k, threshold_fraction=s.threshold,
-                    dropout={ProtocolStage.MASKED_INPUT: s.expected_dropout}))
-                vk = None if s.verify_keys is None else {u: s.verify_keys[u] for u in node_of}
-                cfg = RoundConfig.new(client_ids=sorted(node_of), dim=spec.word_dim, bits=s.bits, threshold=t,
-                                      min_survivors=m, graph=kind, k=k if kind is GraphKind.SPARSE else None,
-                                      verify_keys=vk)
-                rec.k, rec.threshold = k, t
-                setup = RoundSetup(cfg, r, os.urandom(32), spec)
-                content = None
-                if arrays is not None:
-                    content = RecordDict({"arrays": arrays, "config": ConfigRecord(dict(train_config or {}))})
-                exchange = GridExchange(grid, node_of, timeout=s.stage_timeout, group_id=f"secagg-{run_tag}-{r}",
-                                        setup_content=content, log=self.log)
-                hook = None if on_step is None else (lambda step, ids, r=r: on_step(r, step, ids))
-                try:
-                    result, stats = run_server_round(setup, exchange, on_step=hook)
-                finally:
-                    rec.dropouts = dict(exchange.errors)
-                rec.dropouts.update({u: f"rejected: {why}" for u, why in stats.rejected.items()})
-                rec.survivors, rec.stage_survivors = result.survivors, dict(result.stage_survivors)
-                rec.step_seconds = stats.step_seconds
-                rec.upload_bytes_per_client = max(stats.upload_bytes.values(), default=0)
-                rec.download_bytes_per_client = max(stats.download_bytes.values(), default=0)
-                mean = decode_aggregate(spec, result.aggregate, survivors=len(result.survivors),
-                                        round_seed=setup.round_seed)
-                if mean is None:
-                    rec.aggregate = result.aggregate.copy()
-                else:
-                    vec = vec + s.server_lr * mean
-                    arrays = vector_to_arrays(vec, layout)
-            except AbortedError as e:
-                rec.aborted = str(e)
-                self.log(f"round {r} aborted: {e}")
-            if tracker is not None:  # charged whether or not the round aborted (as fl_core.run does)
-                rec.epsilon = tracker.spend(event)
-            if evaluate_fn is not None and arrays is not None:
-                rec.metrics = dict(evaluate_fn(r, arrays) or {})
-            rec.seconds = time.perf_counter() - t0
-            self.log(f"round {r}: survivors {list(rec.survivors)} of {list(rec.sampled)}, "
-                     f"{rec.seconds:.1f} s, epsilon {rec.epsilon}, {rec.metrics}"
-                     + (f", ABORTED: {rec.aborted}" if rec.aborted else ""))
-        return SecureRunResult(arrays=arrays, rounds=rounds, nodes=nodes,
-                               epsilon=None if tracker is None else tracker.epsilon_so_far,
-                               delta=None if tracker is None else s.delta, stopped_by_budget=stopped)
+                result = self._protocol(rec, spec, node_of, by_node, mtype, r)
+            finally:  # charged once the protocol started, even if it aborted (as fl_core.run does)
+                if event is not None:
+                    rec.epsilon = self._tracker.spend(event)
+        except AbortedError as e:
+            rec.aborted = str(e)
+            self.log(f"secure round {r} aborted: {e}")
+            result = None
+        rec.seconds = time.perf_counter() - t0
+        self.log(f"secure round {r}: survivors {list(rec.survivors)} of {list(rec.sampled)}, {rec.seconds:.1f} s, "
+                 f"epsilon {rec.epsilon}" + (f", ABORTED: {rec.aborted}" if rec.aborted else ""))
+        errors = [Message(Error(_CLIENT_APP_RAISED_EXCEPTION, f"secagg: {why}"), reply_to=by_node[node_of[u]])
+                  for u, why in rec.dropouts.items() if u in node_of]
+        if result is None:
+            return errors
+        decoded, weight = result
+        if decoded.mean is None:  # test words: the model is unchanged
+            arrays = base
+        else:
+            arrays = vector_to_arrays(vec + decoded.mean, layout)
+        metrics = MetricRecord({self.weighted_by_key: weight, "secagg-survivors": len(rec.survivors)})
+        return [Message(RecordDict({key: arrays, "metrics": metrics}), reply_to=first), *errors]
+
+    def _protocol(self, rec: RoundRecord, spec: InputSpec, node_of: dict[int, int], by_node: dict[int, Message],
+                  mtype: str, r: int):
+        from fl_core.secure.round import SecureRoundSpec, graph_parameters
+        from secagg.simulate import ProtocolStage
+
+        s = self.settings
+        kind, k, t = graph_parameters(len(node_of), SecureRoundSpec(
+            enabled=True, graph=s.graph, bits=s.bits, min_survivors=rec.min_survivors, k=s.k,
+            threshold_fraction=s.threshold, dropout={ProtocolStage.MASKED_INPUT: s.expected_dropout}))
+        vk = None if s.verify_keys is None else {u: s.verify_keys[u] for u in node_of}
+        cfg = RoundConfig.new(client_ids=sorted(node_of), dim=spec.word_dim, bits=s.bits, threshold=t,
+                              min_survivors=rec.min_survivors, graph=kind, k=k if kind is GraphKind.SPARSE else None,
+                              verify_keys=vk)
+        rec.k, rec.threshold = k, t
+        setup = RoundSetup(cfg, r, os.urandom(32), spec)
+        exchange = GridExchange(self.grid, node_of, timeout=s.timeout, group_id=f"secagg-{self._run_tag}-{r}",
+                                message_type=mtype, setup_content={nid: msg.content for nid, msg in by_node.items()},
+                                log=self.log)
+        hook = None if self.on_step is None else (lambda step, ids: self.on_step(r, step, ids))
+        try:
+            result, stats = run_server_round(setup, exchange, on_step=hook)
+        finally:
+            rec.dropouts = dict(exchange.errors)
+            rec.step_seconds = dict(exchange.step_rtt)
+        rec.dropouts.update({u: f"rejected: {why}" for u, why in stats.rejected.items()})
+        rec.survivors, rec.stage_survivors = result.survivors, dict(result.stage_survivors)
+        rec.upload_bytes_per_client = max(stats.upload_bytes.values(), default=0)
+        rec.download_bytes_per_client = max(stats.download_bytes.values(), default=0)
+        decoded = spec.encoder().decode(result.aggregate, survivors=len(result.survivors), round_seed=setup.round_seed)
+        if decoded.mean is None:
+            rec.aggregate = result.aggregate.copy()
+        weight = decoded.total_examples if decoded.total_examples is not None else len(result.survivors)
+        return decoded, weight

@@ -1,15 +1,10 @@
 """One federated round's secure aggregation: encode the sampled clients' updates, run the secagg
 state machines with simulated dropouts, and decode the mean update the server may apply.
 
-Two encodings, both into secagg's words:
-
-- client-level DP (``DDGPlan``): each client clips, rotates, rounds and adds its share of discrete
-  Gaussian noise (``dp.distributed``); the mean is uniform over the survivors, as in DP-FedAvg,
-  so one client's influence stays bounded by the clip norm.
-- otherwise (no DP, or sample-level DP-SGD already applied on the client): L2 clip to a public
-  bound, weight by the client's example count over a public cap, fixed-point encode
-  (``secagg.encoding``) and append the raw example count as one more word. The server learns only
-  the sums: sum of weighted updates and total examples, never any client's count.
+The encoding is ``fl_core.secure.inputs.Encoder``, the same one every transport uses:
+client-level DP with a ``DDGPlan`` (uniform mean over the survivors; with ``excess_noise`` each
+client's noise share comes from a seed it secret-shares in the round, and the server subtracts the
+excess survivors' shares, ``dp.xnoise``), else fixed point weighted by example counts.
 """
 
 from __future__ import annotations
@@ -23,16 +18,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dp.distributed import DDGPlan, decode_sum as ddg_decode_sum, encode_client as ddg_encode
-from dp.noise import NoiseGenerator
+from dp.distributed import DDGPlan
+from secagg.excess import excess_owners
 from secagg import wire
 from secagg.config import GraphKind, RoundConfig
-from secagg.encoding import FixedPointEncoding, clip_l2
 from secagg.errors import ConfigError, OverflowRiskError
 from secagg.graph import choose_k_t
 from secagg.simulate import DropoutSchedule, ProtocolStage, Transcript, simulate
 
 from fl_core.errors import FLError
+from fl_core.secure.inputs import Encoder
 
 
 class RoundAborted(FLError):
@@ -70,6 +65,7 @@ class RoundOutcome:
     total_examples: int | None = None
     messages: list[tuple[int, int, bytes]] | None = None  # the bytes themselves, with Transcript.FULL
     aggregate: np.ndarray | None = None                   # the words the server unmasked (sum mod 2^bits)
+    noise_removed: int = 0                                # excess noise shares subtracted (dp.xnoise)
 
 
 def rule_dropout(n: int, spec: SecureRoundSpec) -> float:
@@ -131,7 +127,8 @@ def seeded_randbytes(seed: bytes) -> Callable[[int], bytes]:
 def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], *, spec: SecureRoundSpec,
                 ddg: DDGPlan | None, round_seed: bytes, rng: np.random.Generator,
                 secure_randomness: bool, transcript: Transcript = Transcript.DIGEST,
-                on_inputs: Callable[[Mapping[int, np.ndarray]], None] | None = None) -> RoundOutcome:
+                on_inputs: Callable[[Mapping[int, np.ndarray]], None] | None = None,
+                excess_noise: bool = False) -> RoundOutcome:
     """The mean update over the survivors of one secure round (uniform with DDG, else weighted
     by example counts). Raises RoundAborted when the protocol aborts.
 
@@ -146,26 +143,30 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
         raise RoundAborted(f"only {n} clients sampled, fewer than min_survivors={spec.min_survivors}")
     randbytes = os.urandom if secure_randomness else seeded_randbytes(b"secagg" + round_seed)
 
+    excess_noise = excess_noise and ddg is not None
+    noise_seeds = None
+    if excess_noise:  # a stream of their own: the protocol's randomness stays as it was
+        noise_seeds = {u: os.urandom(32) if secure_randomness else
+                       hashlib.sha256(b"xnoise" + round_seed + u.to_bytes(8, "big")).digest() for u in ids}
     if ddg is not None:
-        words = {}
-        for u in ids:
-            gen = NoiseGenerator(None if secure_randomness else hashlib.sha256(b"noise" + round_seed + u.to_bytes(8, "big")).digest())
-            words[u] = ddg_encode(updates[u], plan=ddg, rotation_seed=round_seed, gen=gen)
-        bits, vec_dim = ddg.bits, ddg.padded_dim
+        enc = Encoder.ddg(ddg)
     else:
-        bits = spec.bits
-        if spec.example_cap * spec.max_clients >= 1 << bits:
+        if spec.example_cap * spec.max_clients >= 1 << spec.bits:
             raise OverflowRiskError(f"the sum of example counts of n={spec.max_clients} clients, each up to "
-                                    f"{spec.example_cap}, could wrap 2^{bits}")
-        enc = FixedPointEncoding.for_sum(bits=bits, clip=spec.update_clip, max_clients=spec.max_clients)
-        words = {}
+                                    f"{spec.example_cap}, could wrap 2^{spec.bits}")
+        enc = Encoder.fixed_point(dim=dim, bits=spec.bits, l2_clip=spec.update_clip, max_clients=spec.max_clients,
+                                  example_cap=spec.example_cap)
         for u in ids:
             if not 0 < examples[u] <= spec.example_cap:
                 raise ConfigError(f"client {u} has {examples[u]} examples, outside (0, example_cap={spec.example_cap}]")
-            weighted = clip_l2(updates[u], spec.update_clip) * (examples[u] / spec.example_cap)
-            w = enc.encode(weighted, rng=rng)
-            words[u] = np.concatenate([w, np.array([examples[u]], dtype=w.dtype)])
-        vec_dim = dim + 1
+    words = {}
+    for u in ids:
+        rounding_seed = None if secure_randomness else hashlib.sha256(b"noise" + round_seed + u.to_bytes(8, "big")).digest()
+        words[u] = enc.encode(updates[u], client_id=u, round_number=0, round_seed=round_seed,
+                              num_examples=None if ddg is not None else examples[u], secret_seed=rounding_seed,
+                              noise_seed=None if noise_seeds is None else noise_seeds[u],
+                              rng=None if ddg is not None else rng)
+    bits, vec_dim = enc.bits, enc.word_dim
 
     if not spec.enabled:  # plain sum, no protocol: for baselines only
         survivors = ids
@@ -176,15 +177,19 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
             agg &= agg.dtype.type((1 << bits) - 1)
         stage_survivors, digests, k, t, up = {}, [], 0, 0, 0
         messages = None
+        revealed = ({u: noise_seeds[u] for u in excess_owners(ids, min_survivors=spec.min_survivors)}
+                    if excess_noise else {})
     else:
         kind, k, t = graph_parameters(n, spec)
         session = randbytes(32)
         cfg = RoundConfig(session_id=session, client_ids=ids, dim=vec_dim, bits=bits, threshold=t,
-                          min_survivors=spec.min_survivors, graph=kind, k=k if kind is GraphKind.SPARSE else None)
+                          min_survivors=spec.min_survivors, graph=kind, k=k if kind is GraphKind.SPARSE else None,
+                          excess_noise=excess_noise)
         schedule = dropout_schedule(ids, spec.dropout, rng)
         if on_inputs is not None:
             on_inputs(words)
-        res = simulate(cfg, words, dropouts=schedule, transcript=transcript, randbytes=randbytes)
+        res = simulate(cfg, words, dropouts=schedule, transcript=transcript, randbytes=randbytes,
+                       noise_seeds=noise_seeds)
         if res.aborted is not None:
             raise RoundAborted(str(res.aborted))
         survivors, agg, stage_survivors = res.survivors, res.aggregate, res.stage_survivors
@@ -192,16 +197,11 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
         digests = ([(s, u, hashlib.sha256(b).hexdigest()) for s, u, b in messages] if messages is not None
                    else [(s, u, d.hex()) for s, u, d in res.transcript])
         up = max(res.masked_input_bytes.values())
-
-    m = len(survivors)
-    total_examples = None
-    if ddg is not None:
-        mean = ddg_decode_sum(agg, plan=ddg, rotation_seed=round_seed) / m
-    else:
-        total_examples = int(agg[-1])
-        s = enc.decode_sum(agg[:-1], count=m)
-        mean = s * (spec.example_cap / total_examples)
+        revealed = res.noise_seeds
+    decoded = enc.decode(agg, survivors=len(survivors), round_seed=round_seed, revealed_noise=revealed)
+    mean, total_examples = decoded.mean, decoded.total_examples
     return RoundOutcome(mean_update=mean.astype(np.float32), sampled=ids, survivors=tuple(survivors),
                         stage_survivors=stage_survivors, k=k, threshold=t, digests=digests,
                         seconds=time.perf_counter() - t0, upload_bytes_per_client=up,
-                        total_examples=total_examples, messages=messages, aggregate=agg)
+                        total_examples=total_examples, messages=messages, aggregate=agg,
+                        noise_removed=len(revealed))

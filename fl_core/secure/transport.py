@@ -28,16 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dp.distributed import DDGConfig, DDGPlan
-from dp.distributed import clip_l2 as ddg_clip_l2
-from dp.distributed import decode_sum as ddg_decode_sum
-from dp.distributed import encode_client as ddg_encode
-from dp.noise import NoiseGenerator
-from dp.rotation import padded_dim
 from secagg import wire
 from secagg.client import ClientParty
 from secagg.config import GraphKind, RoundConfig
-from secagg.encoding import FixedPointEncoding
 from secagg.errors import (ConfigError, DecodeError, InputError, RefusedRequestError,
                            RemoteProtocolError, SecAggError)
 from secagg.hazmat.sign import SigningKey
@@ -46,9 +39,12 @@ from secagg.messages import Message, party_of
 from secagg.server import RoundResult, ServerParty
 from secagg.state import ProtocolStage
 
+from fl_core.secure.inputs import (InputKind, InputSpec, ddg_plan, decode_aggregate, encode_input,  # noqa: F401
+                                   known_words)
+
 __all__ = ["Step", "InputKind", "InputSpec", "RoundSetup", "StepResult", "Exchange", "ServerRoundStats",
            "encode_input", "decode_aggregate", "known_words", "check_setup", "client_begin", "client_step",
-           "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION", "STEP_OF_STAGE"]
+           "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION", "NodePolicy", "STEP_OF_STAGE"]
 
 SETUP_VERSION = 1
 _STATE_MAGIC = b"SAfs"  # client state: setup bytes + ClientParty.to_state()
@@ -69,122 +65,6 @@ class Step(enum.Enum):
 STEP_OF_STAGE = {ProtocolStage.KEYS: Step.SETUP, ProtocolStage.SHARES: Step.KEYS,
                  ProtocolStage.MASKED_INPUT: Step.SHARES, ProtocolStage.CONSISTENCY: Step.CONSISTENCY,
                  ProtocolStage.UNMASK: Step.UNMASK}
-
-
-class InputKind(enum.Enum):
-    DDG = "ddg"                  # client-level distributed DP (dp.distributed, KLS 2021)
-    FIXED_POINT = "fixed-point"  # no noise: L2 clip, weight by examples, fixed point, + count word
-    WORDS = "words"              # test only: words drawn from (seed, client, round), no training
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How every client turns its update (``dim`` floats) into words of ``bits`` bits.
-
-    DDG: the noise is calibrated for ``min_survivors`` shares and the range for ``num_clients``;
-    give (``epsilon``, ``delta``) over ``rounds`` rounds or a ``noise_multiplier``. Each client
-    computes its noise from these public numbers itself (``check_setup`` lets it refuse an epsilon
-    above its own cap, or a round that could release a sum over fewer clients than the noise is
-    calibrated for).
-    FIXED_POINT: ``l2_clip`` bounds the update, ``example_cap`` the example count (its weight).
-    """
-
-    kind: InputKind
-    dim: int
-    bits: int
-    l2_clip: float = 1.0
-    num_clients: int = 2
-    min_survivors: int = 2
-    epsilon: float | None = None
-    delta: float | None = None
-    noise_multiplier: float | None = None
-    rounds: int = 1
-    sampling_rate: float = 1.0
-    example_cap: int = 1
-    test_seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.kind, InputKind):
-            raise ConfigError(f"kind must be an InputKind, got {self.kind!r}")
-        for name in ("dim", "bits", "num_clients", "min_survivors", "rounds", "example_cap"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive int, got {name}={v!r}")
-        if self.kind is InputKind.DDG:
-            self.ddg_config()  # validates every DP field now, with dp's messages
-        elif self.kind is InputKind.FIXED_POINT and self.example_cap * self.num_clients >= 1 << self.bits:
-            raise ConfigError(f"example counts of num_clients={self.num_clients} clients, each up to "
-                              f"example_cap={self.example_cap}, could wrap 2^{self.bits}")
-
-    def ddg_config(self) -> DDGConfig:
-        return DDGConfig(l2_clip=self.l2_clip, bits=self.bits, dim=self.dim, num_clients=self.num_clients,
-                         min_survivors=self.min_survivors, epsilon=self.epsilon, delta=self.delta,
-                         noise_multiplier=self.noise_multiplier, rounds=self.rounds,
-                         sampling_rate=self.sampling_rate)
-
-    @property
-    def word_dim(self) -> int:
-        """Words per client: the rotated length (DDG), dim + the count word (fixed point), or dim."""
-        if self.kind is InputKind.DDG:
-            return padded_dim(self.dim)
-        return self.dim + 1 if self.kind is InputKind.FIXED_POINT else self.dim
-
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["kind"] = self.kind.value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> InputSpec:
-        d = dict(d)
-        d["kind"] = InputKind(d["kind"])
-        return cls(**d)
-
-
-@functools.lru_cache(maxsize=8)
-def ddg_plan(spec: InputSpec) -> DDGPlan:
-    return spec.ddg_config().plan()
-
-
-def known_words(seed: int, client_id: int, round_number: int, dim: int, bits: int) -> np.ndarray:
-    """Test-only input: ``dim`` uniform words in [0, 2**bits) from numpy's PCG64 seeded with
-    [seed, client_id, round]; a test recomputes them out of band to check the aggregate."""
-    rng = np.random.default_rng([seed, client_id, round_number])
-    return rng.integers(0, 1 << bits, size=dim, dtype=np.uint64).astype(wire.word_dtype(bits))
-
-
-def encode_input(spec: InputSpec, *, client_id: int, round_number: int, round_seed: bytes,
-                 update: np.ndarray | None = None, num_examples: int | None = None,
-                 secret_seed: bytes | None = None) -> np.ndarray:
-    """One client's words for this round. Its noise and rounding come from ``secret_seed`` (32
-    bytes; tests only) or, by default, fresh from os.urandom."""
-    if spec.kind is InputKind.WORDS:
-        return known_words(spec.test_seed, client_id, round_number, spec.dim, spec.bits)
-    x = np.asarray(update, dtype=np.float64)
-    if x.shape != (spec.dim,):
-        raise InputError(f"update has shape {x.shape}, the round expects ({spec.dim},)")
-    if spec.kind is InputKind.DDG:
-        return ddg_encode(x, plan=ddg_plan(spec), rotation_seed=round_seed, gen=NoiseGenerator(secret_seed))
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or not 0 < num_examples <= spec.example_cap:
-        raise InputError(f"num_examples={num_examples!r} must be an int in (0, example_cap={spec.example_cap}]")
-    enc = FixedPointEncoding.for_sum(bits=spec.bits, clip=spec.l2_clip, max_clients=spec.num_clients)
-    weighted = ddg_clip_l2(x, spec.l2_clip)  # einsum norm: a threaded BLAS dot is slow on a busy machine
-    weighted *= num_examples / spec.example_cap
-    words = enc.encode(weighted, rng=np.random.default_rng(int.from_bytes(secret_seed or os.urandom(32), "big")))
-    return np.concatenate([words, np.array([num_examples], dtype=words.dtype)])
-
-
-def decode_aggregate(spec: InputSpec, aggregate: np.ndarray, *, survivors: int,
-                     round_seed: bytes) -> np.ndarray | None:
-    """The mean update over ``survivors`` clients (uniform with DDG, example-weighted with fixed
-    point); None for test words, whose aggregate is the result itself."""
-    if spec.kind is InputKind.WORDS:
-        return None
-    if spec.kind is InputKind.DDG:
-        return ddg_decode_sum(aggregate, plan=ddg_plan(spec), rotation_seed=round_seed) / survivors
-    enc = FixedPointEncoding.for_sum(bits=spec.bits, clip=spec.l2_clip, max_clients=spec.num_clients)
-    total = int(aggregate[-1])
-    return enc.decode_sum(aggregate[:-1], count=survivors) * (spec.example_cap / total)
 
 
 # ---------------------------------------------------------------------------- round setup
@@ -250,12 +130,35 @@ def _parse_setup(data: bytes) -> RoundSetup:
     return RoundSetup._parse(data)
 
 
-def check_setup(setup: RoundSetup, client_id: int, *, max_epsilon: float | None = None) -> None:
-    """A client's own checks before it spends effort: it is in the round, and the round keeps the
-    promises its DP plan relies on. RefusedRequestError otherwise (the client drops out)."""
+@dataclass(frozen=True)
+class NodePolicy:
+    """What a node itself requires of a round, from its own configuration, never from the server.
+
+    ``verify_keys`` (client id -> Ed25519 public key, the node's trust file): the round must be in
+    active mode with exactly these keys for its clients. The floors: the smallest threshold,
+    neighbour count (k), ``min_survivors`` and word width the node accepts; ``max_epsilon``: the
+    largest epsilon (a round without DP is then refused)."""
+
+    verify_keys: Mapping[int, bytes] | None = None
+    min_threshold: int = 1
+    min_k: int = 1
+    min_survivors: int = 2
+    min_bits: int = 1
+    max_epsilon: float | None = None
+
+
+def check_setup(setup: RoundSetup, client_id: int, *, max_epsilon: float | None = None,
+                policy: NodePolicy | None = None) -> None:
+    """A client's own checks before it spends effort: it is in the round, the round meets the
+    node's policy, and it keeps the promises its DP plan relies on. RefusedRequestError otherwise
+    (the client drops out)."""
     cfg, spec = setup.config, setup.input
+    policy = policy or NodePolicy()
+    if max_epsilon is None:
+        max_epsilon = policy.max_epsilon
     if client_id not in cfg.client_ids:
         raise RefusedRequestError(f"client {client_id} is not in the round's client_ids")
+    _check_floors(cfg, client_id, policy)
     if spec.kind is InputKind.DDG:
         if cfg.min_survivors < spec.min_survivors:
             raise RefusedRequestError(f"round min_survivors={cfg.min_survivors} is below the "
@@ -269,6 +172,23 @@ def check_setup(setup: RoundSetup, client_id: int, *, max_epsilon: float | None 
     elif max_epsilon is not None:
         raise RefusedRequestError(f"round has no DP ({spec.kind.value}), this client requires "
                                   f"epsilon <= max_epsilon={max_epsilon!r}")
+
+
+def _check_floors(cfg: RoundConfig, client_id: int, policy: NodePolicy) -> None:
+    if policy.verify_keys is not None:
+        if cfg.verify_keys is None:
+            raise RefusedRequestError("round is semi-honest (no verify keys); this node has a trust file and "
+                                      "takes part only in active mode")
+        for u in cfg.client_ids:
+            if policy.verify_keys.get(u) != cfg.verify_keys[u]:
+                raise RefusedRequestError(f"round's verify key for client {u} is not the one in this node's "
+                                          "trust file")
+    k = len(cfg.neighbours(client_id))
+    for name, got, floor in (("threshold", cfg.threshold, policy.min_threshold), ("k", k, policy.min_k),
+                             ("min_survivors", cfg.min_survivors, policy.min_survivors),
+                             ("bits", cfg.bits, policy.min_bits)):
+        if got < floor:
+            raise RefusedRequestError(f"round has {name}={got}, below this node's floor {name}>={floor}")
 
 
 # ---------------------------------------------------------------------------- client side

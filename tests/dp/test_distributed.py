@@ -392,3 +392,54 @@ def test_through_secure_aggregation_with_dropouts(plan: DDGPlan) -> None:
     est = decode_sum(result.aggregate, plan=plan, rotation_seed=ROUND_SEED)
     true = sum(clip_l2(x[u], 1.0) for u in survivors)
     assert np.sqrt(np.mean((est - true) ** 2)) < 1.2 * plan.noise_std(len(survivors))
+
+
+# --- issue 12: colluders, adjacency, wrap probability ---------------------------------------
+
+def _demo(**kw):
+    args = dict(l2_clip=1.0, bits=16, dim=2000, num_clients=100, min_survivors=90, epsilon=8.0,
+                delta=1e-5, rounds=20)
+    args.update(kw)
+    return DDGConfig(**args)
+
+
+def test_noise_is_calibrated_for_the_honest_survivors() -> None:
+    """A server with c colluders subtracts their shares: the event must count h = m - c."""
+    from dp.calibration import make_ddg_event
+
+    honest = _demo(colluders=5).plan()
+    naive = _demo().plan()
+    assert honest.config.honest_survivors == 85 and honest.event.num_clients == 85
+    # The colluders' view: only 85 shares of the naive plan's noise remain.
+    naive_seen_by_colluders = make_ddg_event(
+        l2_clip=1.0, scale=1.0 / naive.gamma, dim=naive.padded_dim, num_clients=85,
+        client_sigma=naive.client_sigma)
+    acc = Accountant(unit="client")
+    acc.compose(naive_seen_by_colluders, count=20)
+    assert acc.get_epsilon(1e-5) > 8.0  # the old calibration breaks its promise
+    acc = Accountant(unit="client")
+    acc.compose(honest.event, count=20)
+    assert acc.get_epsilon(1e-5) <= 8.0
+    assert honest.noise_std(85) == pytest.approx(honest.central_sigma)
+
+
+def test_colluders_must_leave_an_honest_survivor() -> None:
+    with pytest.raises(DPConfigError, match="colluders=90"):
+        _demo(colluders=90)
+
+
+def test_add_remove_is_refused_and_replace_one_doubles_the_noise() -> None:
+    with pytest.raises(DPConfigError, match="add-remove"):
+        _demo(adjacency="add-remove")
+    z = dict(epsilon=None, delta=None, noise_multiplier=1.0)
+    zero, rep = _demo(**z).plan(), _demo(adjacency="replace-one", **z).plan()
+    assert rep.central_sigma == pytest.approx(2 * zero.central_sigma, rel=1e-6)
+
+
+def test_wrap_probability_is_the_issue_demo_number() -> None:
+    # The plan's own model with k = 4 standard deviations: 2 Phi(-4) per coordinate,
+    # 1 - (1 - p)^2048 per round (the issue measured 12% for the demo).
+    per_coord, per_round = _demo().plan().wrap_probability()
+    assert per_coord == pytest.approx(6.334e-5, rel=1e-3)
+    assert per_round == pytest.approx(1 - (1 - per_coord) ** 2048)
+    assert 0.12 < per_round < 0.123

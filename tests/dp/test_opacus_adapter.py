@@ -193,3 +193,51 @@ def test_event_epsilon_is_monotone_in_steps() -> None:
         acc.compose(r.event)
         eps.append(acc.get_epsilon(1e-5))
     assert eps[0] < eps[1] and not math.isnan(eps[0])
+
+
+# --- issue 12: CSPRNG noise, and the charged sampling rate ------------------------------------
+
+def test_default_noise_is_the_keystream_sum_of_four() -> None:
+    """With clipping at ~0 the update is -lr * noise / B: it must be exactly our keystream's."""
+    import hashlib
+
+    from dp.noise import SECURE_GAUSSIAN_NAME, NoiseGenerator, secure_gaussian
+
+    model = nn.Linear(10, 2)
+    r = train_dp_sgd(model, data(64), steps=1, batch_size=64, max_grad_norm=1e-12,
+                     noise_multiplier=1e12, lr=1.0, seed=5, accountant="rdp")
+    assert r.noise_generator == SECURE_GAUSSIAN_NAME
+    gen = NoiseGenerator(hashlib.sha256(b"dp.opacus_adapter.noise" + b"5").digest())
+    expected = np.concatenate([secure_gaussian(p.numel(), 1.0, gen=gen)
+                               for p in model.parameters()])
+    noise = -r.update * 64  # expected batch 64, lr 1, std = z * C = 1
+    assert np.allclose(noise, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", [GradSampleMode.HOOKS, GradSampleMode.GHOST])
+def test_csprng_and_torch_noise_differ_and_csprng_is_reproducible(mode: GradSampleMode) -> None:
+    a = run(mode, steps=2)
+    assert np.array_equal(a.update, run(mode, steps=2).update)
+    t = run(mode, steps=2, noise="torch")
+    assert not np.allclose(a.update, t.update)
+    assert "torch.normal" in t.noise_generator and a.steps == t.steps == 2
+
+
+def test_bad_noise_source_is_a_typed_error() -> None:
+    with pytest.raises(DPConfigError, match="'mt19937'"):
+        run(steps=1, noise="mt19937")
+
+
+@pytest.mark.parametrize("batches", [93, 99, 105, 117, 123, 186])
+def test_charged_rate_is_what_the_plan_uses(batches: int) -> None:
+    """Opacus accounts 1/(L-1) for these L; calibrating for 1/L overspent the target."""
+    from dp.calibration import dp_sgd_sampling_rate
+
+    q = dp_sgd_sampling_rate(num_examples=batches, batch_size=1)
+    assert q == 1.0 / (batches - 1)
+    r = train_dp_sgd(nn.Linear(10, 2), data(batches), steps=3, batch_size=1, max_grad_norm=1.0,
+                     target_epsilon=0.5, delta=1e-5, accountant="rdp", seed=0)
+    assert r.sampling_rate == q
+    acc = Accountant(AccountantKind.RDP)
+    acc.compose(r.event)
+    assert acc.get_epsilon(1e-5) <= 0.5

@@ -1,13 +1,14 @@
-"""The ServerApp: ``SecureFedAvg`` in place of Flower's ``FedAvg``; the run config carries the
-rounds, the epsilon budget and the secure aggregation parameters."""
+"""The ServerApp: Flower's own FedAvg, started on ``SecureGrid(grid, settings)`` instead of
+``grid``; the ``secagg-``/``dp-`` run-config keys carry the secure aggregation and DP settings."""
 
 import json
 import time
 
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
 
-from fl_core.secure.flower import SecureFedAvg, SecureSettings
+from fl_core.secure.flower import SecureGrid, SecureSettings
 
 from digits_app import task
 
@@ -19,22 +20,28 @@ def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     settings = SecureSettings.from_run_config(rc)
     model = task.build_model(rc)
-    test = task.load_data(rc, max(settings.min_nodes, 2)).test  # the central test split needs no partition
+    test = task.load_data(rc, 2).test  # the central test split needs no partition
 
-    def evaluate(round_number: int, arrays: ArrayRecord) -> dict:
+    def evaluate(round_number: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, acc = task.evaluate(model, test)
-        return {"test-loss": loss, "accuracy": acc}
+        return MetricRecord({"test-loss": loss, "accuracy": acc})
 
-    on_step = _test_hooks(rc)
-    result = SecureFedAvg(settings).start(
-        grid, initial_arrays=None if settings.test_dim else ArrayRecord(model.state_dict()),
-        evaluate_fn=None if settings.test_dim else evaluate, on_step=on_step)
+    secure = SecureGrid(grid, settings, on_step=_test_hooks(rc))
+    strategy = FedAvg(fraction_train=float(rc["fraction-train"]), fraction_evaluate=float(rc["fraction-evaluate"]),
+                      min_available_nodes=int(rc["min-nodes"]), min_train_nodes=int(rc["min-nodes"]),
+                      min_evaluate_nodes=int(rc["min-nodes"]))
+    result = strategy.start(grid=secure, initial_arrays=ArrayRecord(model.state_dict()),
+                            num_rounds=int(rc["num-server-rounds"]),
+                            evaluate_fn=None if settings.test_dim else evaluate)
     if rc.get("result-file"):
         with open(str(rc["result-file"]), "w") as f:
-            json.dump({"nodes": {str(k): v for k, v in result.nodes.items()}, "epsilon": result.epsilon,
-                       "delta": result.delta, "stopped_by_budget": result.stopped_by_budget,
-                       "rounds": [r.to_dict() for r in result.rounds]}, f)
+            json.dump({"nodes": {str(k): v for k, v in secure.nodes.items()}, "epsilon": secure.epsilon,
+                       "delta": settings.delta if settings.epsilon else None,
+                       "stopped_by_budget": secure.stopped_by_budget,
+                       "rounds": [r.to_dict() for r in secure.rounds],
+                       "server_eval": {str(k): dict(v) for k, v in result.evaluate_metrics_serverapp.items()},
+                       "client_eval": {str(k): dict(v) for k, v in result.evaluate_metrics_clientapp.items()}}, f)
 
 
 def _test_hooks(rc):

@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 
 import dp.distributed
+import dp.xnoise
 import secagg.hazmat.prg as prg
 from fl_core.audit.checks import audit_run, correlation_p_value, holm, uniformity_p_value, witness_inputs, write_audit
 from fl_core.run.canaries import AUDIT_DIR, read_messages, read_trajectory, write_messages
 from fl_core.cli import main as cli_main
 from fl_core.config import config_from_dict
 from fl_core.run.loop import run
+from fl_core.run.observer import StopAfterRelease, StopRun
 from secagg import wire
 from secagg.messages import MaskedInput, UnmaskResponse
 
@@ -79,6 +81,7 @@ def noiseless_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("client_noise_off")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dp.distributed, "discrete_gaussian", zero_noise)
+        mp.setattr(dp.xnoise, "discrete_gaussian", zero_noise)  # the shares drawn from seeds
         run(cfg_of(CLIENT), out, **QUIET)
     return out
 
@@ -94,7 +97,7 @@ def unmasked_run(tmp_path_factory):
 
 def copy_run(src, dst):
     shutil.copytree(src, dst)
-    for name in ("audit.json", "audit.md"):
+    for name in ("audit.json", "audit.md", "audit_digests.md"):
         (dst / name).unlink(missing_ok=True)
     return dst
 
@@ -192,7 +195,24 @@ def test_report_of_a_private_run(client_run, client_report):
     for heading in ("## 1. Guarantees", "## 2. Dropouts", "## 3. Secure aggregation", "## 4. What the server saw",
                     "## 5. Empirical privacy", "## 6. Digests"):
         assert heading in md
-    assert rep["transcript"][0]["digests"][0][2] in md  # every message digest is listed
+    # verdict and guarantees first; the per-message digests in their own file, not in audit.md
+    assert md.index("**Verdict") < md.index("## 1. Guarantees") < md.index("## 2. Dropouts")
+    first = rep["transcript"][0]["digests"][0][2]
+    assert first not in md and len(md.splitlines()) < 200
+    digests = (client_run / "audit_digests.md").read_text()
+    assert all(d in digests for t in rep["transcript"] for _, _, d in t["digests"])  # every message digest is listed
+    # the guarantee states the one epsilon of privacy.json with its accountant
+    claim = json.loads((client_run / "privacy.json").read_text())
+    assert f"({claim['epsilon']:.4g}, 1e-05)-differential privacy" in md
+    assert f"**reported** (privacy.json, {claim['epsilon_accountant'].upper()})" in md
+
+
+def test_auditing_a_run_without_dp_says_there_is_no_guarantee(tmp_path):
+    run(cfg_of(TINY), tmp_path, **QUIET)
+    write_audit(tmp_path, audit_run(tmp_path, log=lambda m: None))
+    md = (tmp_path / "audit.md").read_text()
+    head = md[:md.index("## 1. Guarantees")]
+    assert "no differential privacy: there is no DP guarantee to audit" in head
 
 
 def test_trajectory_holds_the_model_before_and_after_every_round(client_run, client_report):
@@ -318,15 +338,18 @@ def test_sample_level_one_run_audit(tmp_path):
     assert ec["m"] == 60 and 0 < ec["included"] < 60
     assert 0 <= rep["empirical_epsilon"] <= rep["theoretical_epsilon"] and not rep["flagged"], rep["reasons"]
     assert rep["mode"] == "sample" and rep["unit_of_privacy"] == "example"
-    # the per-client DP-SGD steps in the ledger compose to the worst client's claim
-    assert rep["ledger_epsilon"]["tightest"] == pytest.approx(rep["theoretical_epsilon"], rel=1e-9)
+    # the per-client DP-SGD steps in the ledger compose to the worst client's claim under the claim's
+    # accountant (one epsilon everywhere: the budget's accountant), and the tightest is not above it
+    assert rep["epsilon_accountant"] == "rdp"
+    assert rep["ledger_epsilon"]["rdp"] == pytest.approx(rep["theoretical_epsilon"], rel=1e-9)
+    assert rep["ledger_epsilon"]["tightest"] <= rep["theoretical_epsilon"]
     assert "Sample-level canary examples" in (tmp_path / "audit.md").read_text()
 
 
 def test_resumed_run_keeps_a_consistent_record(tmp_path):
     cfg = cfg_of(TINY, rounds=3)
-    with pytest.raises(SystemExit):
-        run(cfg, tmp_path, crash_after_release=1, **QUIET)
+    with pytest.raises(StopRun):
+        run(cfg, tmp_path, observer=StopAfterRelease(1), **QUIET)
     run(cfg, tmp_path, resume=True, **QUIET)
     meta = json.loads((tmp_path / AUDIT_DIR / "meta.json").read_text())
     assert read_trajectory(tmp_path, meta["dim"]).shape[0] == 4

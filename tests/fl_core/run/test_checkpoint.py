@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fl_core import checkpoint as ck
+from fl_core.run import checkpoint as ck
 from fl_core.run.checkpoint import (
     CHECKPOINT_NAME,
     MAGIC,

@@ -17,6 +17,7 @@ from fl_core.run.checkpoint import load_checkpoint
 from fl_core.config import load_config
 from fl_core.errors import CheckpointError
 from fl_core.run.loop import CHECKPOINT_DIR, run
+from fl_core.run.observer import StopAfterRelease, StopRun
 
 CONFIG = """
 rounds = 5
@@ -112,8 +113,8 @@ def test_checkpoint_cut_short_is_detected_not_loaded(reference, tmp_path):
     cfg_path, full, _ = reference
     out = tmp_path / "run"
     cfg = load_config(cfg_path)
-    with pytest.raises(SystemExit):
-        run(cfg, out, progress=False, log=lambda m: None, crash_after_release=2)
+    with pytest.raises(StopRun):
+        run(cfg, out, progress=False, log=lambda m: None, observer=StopAfterRelease(2))
     files = [p for p in (out / CHECKPOINT_DIR).iterdir() if p.is_file()]
     assert files
     target = max(files, key=lambda p: p.stat().st_size)

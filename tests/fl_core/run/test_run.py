@@ -9,6 +9,7 @@ import torch
 from fl_core.cli import main as cli_main
 from fl_core.config import config_from_dict, default_config, load_config
 from fl_core.run.loop import run
+from fl_core.run.observer import StopAfterRelease, StopRun
 
 FAST = {"rounds": 4, "clients_per_round": 10, "secure_randomness": False,
         "data": {"num_clients": 20}, "model": {"hidden": 16},
@@ -56,8 +57,8 @@ def test_weighted_mean_equals_plain_fedavg_without_secagg_noise(tmp_path):
 def test_resume_after_crash_equals_uninterrupted_run(tmp_path, mode):
     cfg = cfg_of(dp={"mode": mode, "target_epsilon": 8.0}, secagg={"min_survivors": 0.8})
     full = run(cfg, tmp_path / "full", progress=False, log=lambda m: None)
-    with pytest.raises(SystemExit):
-        run(cfg, tmp_path / "cut", progress=False, log=lambda m: None, crash_after_release=2)
+    with pytest.raises(StopRun):
+        run(cfg, tmp_path / "cut", progress=False, log=lambda m: None, observer=StopAfterRelease(2))
     resumed = run(cfg, tmp_path / "cut", resume=True, progress=False, log=lambda m: None)
     m1, m2 = torch.load(tmp_path / "full" / "model.pt"), torch.load(tmp_path / "cut" / "model.pt")
     for k in m1:
@@ -70,8 +71,8 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path, mode):
 
 def test_fresh_noise_release_lost_in_a_crash_is_still_charged(tmp_path):
     cfg = cfg_of(secure_randomness=True, dp={"mode": "client", "target_epsilon": 8.0})
-    with pytest.raises(SystemExit):
-        run(cfg, tmp_path, progress=False, log=lambda m: None, crash_after_release=1)
+    with pytest.raises(StopRun):
+        run(cfg, tmp_path, progress=False, log=lambda m: None, observer=StopAfterRelease(1))
     notes = []
     s = run(cfg, tmp_path, resume=True, progress=False, log=notes.append)
     privacy = json.loads((tmp_path / "privacy.json").read_text())

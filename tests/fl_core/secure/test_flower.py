@@ -307,134 +307,353 @@ def test_encode_input_checks_shapes_and_counts():
 
 
 @pytest.fixture
-def flwr_mods():
+def fl():
+    """fl_core.secure.flower and the in-process grid (flwr is installed by `make setup`)."""
     pytest.importorskip("flwr", minversion="1.42")
-    from fl_core.integrations import flower, inprocess
-    return flower, inprocess
+    from fl_core.secure import flower
+    from fl_core.tools import flower_grid
+    return flower, flower_grid
+
+
+def quiet(flower, grid, **kw):
+    return flower.SecureGrid(grid, kw.pop("settings"), log=lambda m: None, **kw)
 
 
 def words_app(flower):
-    app = flower.SecureClientApp()
+    """A plain ClientApp with the mod: in test-words mode the train handler never runs."""
+    from flwr.clientapp import ClientApp
+    app = ClientApp(mods=[flower.secagg_mod])
 
     @app.train()
-    def train(msg, context):  # never called in test-words mode
+    def train(msg, context):
         raise AssertionError("the train handler must not run in test-words mode")
     return app
 
 
-def test_flower_apps_in_process_sum_exactly_with_a_dropout(flwr_mods):
-    flower, inprocess = flwr_mods
+def delta_app(flower, deltas, counts, *, seen=None, mods=True):
+    """A plain Flower ClientApp: trains by adding its delta; replies with arrays and num-examples.
+    ``seen`` collects (node, message type, config) of every message the handlers got."""
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    app = ClientApp(mods=[flower.secagg_mod] if mods else [])
+
+    @app.train()
+    def train(msg, context):
+        u = int(context.node_config["partition-id"])
+        if seen is not None:
+            seen.append((context.node_id, "train", dict(msg.content["config"])))
+        (a,) = msg.content["arrays"].to_numpy_ndarrays()
+        return Message(RecordDict({"arrays": ArrayRecord([a + deltas[u]]),
+                                   "metrics": MetricRecord({"num-examples": counts[u], "train-loss": 1.0})}),
+                       reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg, context):
+        (a,) = msg.content["arrays"].to_numpy_ndarrays()
+        if seen is not None:
+            seen.append((context.node_id, "evaluate", float(a.sum())))
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1, "model-sum": float(a.sum())})}),
+                       reply_to=msg)
+    return app
+
+
+def _arrays(d):
+    from flwr.app import ArrayRecord
+    return ArrayRecord([np.zeros(d, dtype=np.float32)])
+
+
+def test_mod_on_a_plain_client_app_sums_exactly_with_a_dropout(fl):
+    from flwr.serverapp.strategy import FedAvg
+    flower, fg = fl
     nodes = {7000 + i: {"partition-id": i} for i in range(6)}
     # calls: 0 hello, 1 setup, 2 keys, 3 shares (node 7004 silent: it never sends its masked input)
-    grid = inprocess.InProcessGrid(words_app(flower), nodes, silent_from={3: {7004}})
-    s = flower.SecureSettings(rounds=1, test_dim=64, bits=28, min_survivors=0.5, stage_timeout=1.0, node_wait=0.1,
-                              test_seed=9, graph=GraphKind.SPARSE, k=4)
-    res = flower.SecureFedAvg(s, log=lambda m: None).start(grid)
-    r = res.rounds[0]
+    grid = fg.InProcessGrid(words_app(flower), nodes, silent_from={3: {7004}})
+    s = flower.SecureSettings(test_dim=64, bits=28, min_survivors=0.5, timeout=1.0, test_seed=9,
+                              graph=GraphKind.SPARSE, k=4)
+    sg = quiet(flower, grid, settings=s)
+    FedAvg(fraction_evaluate=0.0, min_available_nodes=6).start(grid=sg, initial_arrays=_arrays(3), num_rounds=1)
+    (r,) = sg.rounds
     assert r.aborted is None and r.survivors == (0, 1, 2, 3, 5)
     words = {u: np.random.default_rng([9, u, 1]).integers(0, 1 << 28, 64, dtype=np.uint64) for u in range(6)}
     assert np.array_equal(r.aggregate, plaintext_sum(words, r.survivors, 28))
-    assert res.nodes == {7000 + i: i for i in range(6)} and grid.errors == []
+    assert sg.nodes == {7000 + i: i for i in range(6)} and grid.errors == []
 
 
-def test_flower_client_state_lives_only_in_the_context(flwr_mods):
-    flower, inprocess = flwr_mods
-    grid = inprocess.InProcessGrid(words_app(flower), {1: {"partition-id": 0}, 2: {"partition-id": 1},
-                                                       3: {"partition-id": 2}})
-    s = flower.SecureSettings(rounds=1, test_dim=8, bits=16, stage_timeout=1.0, node_wait=0.1)
-    flower.SecureFedAvg(s, log=lambda m: None).start(grid)
+def test_client_state_lives_only_in_the_context(fl):
+    from flwr.serverapp.strategy import FedAvg
+    flower, fg = fl
+    grid = fg.InProcessGrid(words_app(flower), {1: {"partition-id": 0}, 2: {"partition-id": 1},
+                                                3: {"partition-id": 2}})
+    sg = quiet(flower, grid, settings=flower.SecureSettings(test_dim=8, bits=16, timeout=1.0))
+    FedAvg(fraction_evaluate=0.0, min_available_nodes=3).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
     from fl_core.secure.transport import _unpack_state
     for state in grid.states.values():  # all a node kept: one bytes value; its party is DONE
         rec = state.config_records[flower.STATE_RECORD]
         assert set(rec) == {"state"} and isinstance(rec["state"], bytes)
         setup_bytes, party_bytes = _unpack_state(rec["state"])
         assert ClientParty.from_state(RoundSetup.from_bytes(setup_bytes).config, party_bytes).stage is Stage.DONE
-    wiped = inprocess.InProcessGrid(words_app(flower), {1: {"partition-id": 0}})
-    msg = _query(flower, 1, "query.secagg_keys", b"x")
-    reply = wiped.send_and_receive([msg])[0]
+    wiped = fg.InProcessGrid(words_app(flower), {1: {"partition-id": 0}})
+    reply = wiped.send_and_receive([_step_msg(flower, 1, b"x")])[0]
     assert reply.has_error() and "no secure round in progress" in reply.error.reason
 
 
-def _query(flower, node, mtype, data):
+def _step_msg(flower, node, data):
     from flwr.app import ConfigRecord, Message, RecordDict
-    return Message(RecordDict({flower.RECORD: ConfigRecord({"message": data})}), dst_node_id=node,
-                   message_type=mtype, group_id="t")
+    return Message(RecordDict({flower.RECORD: ConfigRecord({"op": "step", "data": data})}), dst_node_id=node,
+                   message_type="train", group_id="t")
 
 
-def test_secure_client_app_refuses_a_plain_train_message(flwr_mods):
-    flower, inprocess = flwr_mods
+def test_the_mod_refuses_a_plain_train_message_unless_the_node_allows_it(fl):
     from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
-    app = flower.SecureClientApp()
-
-    @app.train()
-    def train(msg, context):
-        return Message(RecordDict({"arrays": msg.content["arrays"]}), reply_to=msg)
-    grid = inprocess.InProcessGrid(app, {1: {"partition-id": 0}})
-    plain = Message(RecordDict({"arrays": ArrayRecord([np.ones(3, dtype=np.float32)]), "config": ConfigRecord()}),
-                    dst_node_id=1, message_type="train", group_id="1")
-    reply = grid.send_and_receive([plain])[0]
+    flower, fg = fl
+    app = delta_app(flower, {0: 1.0}, {0: 3})
+    plain = lambda: Message(RecordDict({"arrays": ArrayRecord([np.ones(3, dtype=np.float32)]), "config": ConfigRecord()}),  # noqa: E731
+                            dst_node_id=1, message_type="train", group_id="1")
+    reply = fg.InProcessGrid(app, {1: {"partition-id": 0}}).send_and_receive([plain()])[0]
     assert reply.has_error() and "only through secure aggregation" in reply.error.reason
+    reply = fg.InProcessGrid(app, {1: {"partition-id": 0, "secagg-allow-plain-train": True}}).send_and_receive([plain()])[0]
+    assert not reply.has_error() and np.array_equal(reply.content["arrays"].to_numpy_ndarrays()[0], np.full(3, 2.0))
 
 
-def test_settings_from_run_config_and_errors(flwr_mods):
-    flower, _ = flwr_mods
-    s = flower.SecureSettings.from_run_config({"num-server-rounds": 5, "epsilon": 0, "k": 0, "threshold": 0.5,
-                                               "graph": "complete", "verify-keys": "0:" + "ab" * 32,
-                                               "stage-timeout": 20, "unrelated": "x"})
-    assert (s.rounds, s.epsilon, s.k, s.threshold, s.graph, s.stage_timeout) == (5, None, None, 0.5,
-                                                                                   GraphKind.COMPLETE, 20.0)
+def _deltas(n, d, seed=1):
+    rng = np.random.default_rng(seed)
+    return ({u: rng.normal(0, 0.05, d).astype(np.float32) for u in range(n)},
+            {u: int(c) for u, c in zip(range(n), rng.integers(1, 50, n))})
+
+
+def _plain_and_secure(fl, strategy_factory, n=5, d=40, rounds=2, settings=None, silent=None):
+    """The same strategy run twice: on a plain grid (nodes allow plain train) and on SecureGrid."""
+    flower, fg = fl
+    deltas, counts = _deltas(n, d)
+    plain_nodes = {10 + u: {"partition-id": u, "secagg-allow-plain-train": True} for u in range(n)}
+    plain = strategy_factory().start(grid=fg.InProcessGrid(delta_app(flower, deltas, counts), plain_nodes),
+                                     initial_arrays=_arrays(d), num_rounds=rounds)
+    grid = fg.InProcessGrid(delta_app(flower, deltas, counts), {10 + u: {"partition-id": u} for u in range(n)},
+                            silent_from=silent)
+    sg = quiet(flower, grid, settings=settings or flower.SecureSettings(l2_clip=10.0, example_cap=100, timeout=1.0,
+                                                                        graph=GraphKind.COMPLETE))
+    secure = strategy_factory().start(grid=sg, initial_arrays=_arrays(d), num_rounds=rounds)
+    return plain, secure, sg, (deltas, counts)
+
+
+def test_fedavg_on_secure_grid_gives_flowers_own_fedavg_result(fl):
+    """Only the aggregation changes: the secure example-weighted mean equals Flower's FedAvg on
+    the raw replies, up to the fixed-point rounding bound."""
+    from flwr.serverapp.strategy import FedAvg
+    plain, secure, sg, _ = _plain_and_secure(fl, lambda: FedAvg(fraction_evaluate=0.0, min_available_nodes=5))
+    a, b = plain.arrays.to_numpy_ndarrays()[0], secure.arrays.to_numpy_ndarrays()[0]
+    from secagg.encoding import FixedPointEncoding
+    bound = 2 * FixedPointEncoding.for_sum(bits=32, clip=10.0, max_clients=5).max_error_per_coordinate(5) * 100
+    assert np.max(np.abs(a - b)) <= bound + 1e-6 and np.max(np.abs(a)) > 100 * bound
+    assert [r.survivors for r in sg.rounds] == [(0, 1, 2, 3, 4)] * 2 and sg.epsilon is None
+
+
+def test_fedadam_and_a_users_own_strategy_compose_with_secure_aggregation(fl):
+    """FedAdam's server optimizer and a user's FedAvg subclass (server momentum in aggregate_train)
+    see one reply, the secure mean, and do their own update on it: the same result as on raw replies."""
+    from flwr.app import ArrayRecord
+    from flwr.serverapp.strategy import FedAdam, FedAvg
+
+    class Momentum(FedAvg):  # a user's own strategy
+        def __init__(self):
+            super().__init__(fraction_evaluate=0.0, min_available_nodes=5)
+            self.velocity = None
+
+        def aggregate_train(self, server_round, replies):
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            (x,) = arrays.to_numpy_ndarrays()
+            self.velocity = x if self.velocity is None else 0.5 * self.velocity + x
+            return ArrayRecord([self.velocity]), metrics
+
+    for factory in (lambda: FedAdam(fraction_evaluate=0.0, min_available_nodes=5, eta=0.1), Momentum):
+        plain, secure, sg, _ = _plain_and_secure(fl, factory, rounds=3)
+        a, b = plain.arrays.to_numpy_ndarrays()[0], secure.arrays.to_numpy_ndarrays()[0]
+        assert len(sg.rounds) == 3 and all(r.aborted is None for r in sg.rounds)
+        assert np.max(np.abs(a - b)) <= 1e-3 * max(1.0, float(np.max(np.abs(a)))), (factory, np.max(np.abs(a - b)))
+
+
+def test_strategy_sampling_fedprox_config_and_federated_evaluation_are_honoured(fl):
+    """FedProx with fraction_train 0.5 of 8 nodes: each secure round runs over exactly the 4 nodes
+    the strategy sampled (the others get no train message), the strategy's config (proximal-mu)
+    reaches the train handler, and federated evaluation reaches every node with the secure model."""
+    from flwr.serverapp.strategy import FedProx
+    flower, fg = fl
+    n, d = 8, 10
+    deltas, counts = _deltas(n, d)
+    seen = []
+    grid = fg.InProcessGrid(delta_app(flower, deltas, counts, seen=seen), {100 + u: {"partition-id": u} for u in range(n)})
+    sg = quiet(flower, grid, settings=flower.SecureSettings(l2_clip=10.0, example_cap=100, timeout=1.0))
+    res = FedProx(fraction_train=0.5, min_train_nodes=4, fraction_evaluate=1.0, min_available_nodes=8,
+                  proximal_mu=0.3).start(grid=sg, initial_arrays=_arrays(d), num_rounds=3)
+    assert [len(r.sampled) for r in sg.rounds] == [4, 4, 4]
+    for r, rec in enumerate(sg.rounds, start=1):
+        trained = sorted(nid - 100 for nid, kind, cfg in seen if kind == "train" and cfg["server-round"] == r)
+        assert trained == list(rec.sampled) == list(rec.survivors)
+    assert all(cfg["proximal-mu"] == 0.3 for _, kind, cfg in seen if kind == "train")
+    evals = [(nid, v) for nid, kind, v in seen if kind == "evaluate"]
+    assert len(evals) == 3 * n and set(res.evaluate_metrics_clientapp) == {1, 2, 3}
+    final = float(res.arrays.to_numpy_ndarrays()[0].sum())
+    assert evals[-1][1] == pytest.approx(final, rel=1e-5)
+    assert len(sg.nodes) >= 4  # hellos only for nodes the strategy sampled
+
+
+def test_ddg_over_flower_spends_the_budget_and_stops_when_it_is_spent(fl):
+    from flwr.serverapp.strategy import FedAvg
+    flower, fg = fl
+    deltas, counts = _deltas(4, 16)
+    grid = fg.InProcessGrid(delta_app(flower, deltas, counts), {10 + u: {"partition-id": u} for u in range(4)})
+    s = flower.SecureSettings(epsilon=4.0, dp_rounds=2, timeout=1.0, graph=GraphKind.COMPLETE, min_survivors=0.5)
+    sg = quiet(flower, grid, settings=s)
+    res = FedAvg(fraction_evaluate=0.0, min_available_nodes=4).start(grid=sg, initial_arrays=_arrays(16), num_rounds=3)
+    eps = [r.epsilon for r in sg.rounds]
+    assert eps[0] < eps[1] == pytest.approx(4.0, rel=1e-6) and eps[2] is None  # calibrated for 2 rounds
+    assert sg.stopped_by_budget and "privacy budget" in sg.rounds[2].aborted
+    assert np.all(np.isfinite(res.arrays.to_numpy_ndarrays()[0]))
+
+
+def test_run_config_keys_are_prefixed_and_a_typo_is_an_error(fl):
+    flower, _ = fl
+    s = flower.SecureSettings.from_run_config({"num-server-rounds": 5, "dp-epsilon": 0, "secagg-k": 0,
+                                               "secagg-threshold": 0.5, "secagg-graph": "complete",
+                                               "secagg-verify-keys": "0:" + "ab" * 32, "secagg-timeout": 20,
+                                               "epsilon": 3.0, "k": 7, "lr": 0.1})  # the app's own keys
+    assert (s.dp_rounds, s.epsilon, s.k, s.threshold, s.graph, s.timeout) == (5, None, None, 0.5,
+                                                                              GraphKind.COMPLETE, 20.0)
     assert s.verify_keys == {0: bytes([0xab] * 32)}
-    with pytest.raises(ValueError, match="graph='ring'"):
-        flower.SecureSettings.from_run_config({"graph": "ring"})
+    assert flower.SecureSettings.from_run_config({"dp-epsilon": 2, "dp-rounds": 4}).dp_rounds == 4
+    with pytest.raises(ValueError, match="secagg-graph='ring'"):
+        flower.SecureSettings.from_run_config({"secagg-graph": "ring"})
     with pytest.raises(ValueError, match="min_survivors=1.5"):
         flower.SecureSettings(min_survivors=1.5)
-    with pytest.raises(ValueError, match="verify-keys='7'"):
-        flower.SecureSettings.from_run_config({"verify-keys": "7"})
+    with pytest.raises(ValueError, match="secagg-verify-keys='7'"):
+        flower.SecureSettings.from_run_config({"secagg-verify-keys": "7"})
+    with pytest.raises(ValueError, match="secagg-treshold=0.5: unknown key"):
+        flower.SecureSettings.from_run_config({"secagg-treshold": 0.5})
+    doc = (ROOT / "docs" / "flower.md").read_text()
+    for key in [*flower.RUN_CONFIG_KEYS, *flower.NODE_CONFIG_KEYS]:  # one table each
+        assert f"| `{key}` |" in doc, key
 
 
-def test_active_mode_over_flower_with_node_signing_keys(flwr_mods, tmp_path):
-    flower, inprocess = flwr_mods
+def _trust(tmp_path, keys, name="trust.json", override=None):
+    path = tmp_path / name
+    path.write_text(json.dumps({str(u): (override or {}).get(u, k.public).hex() for u, k in keys.items()}))
+    return str(path)
+
+
+def test_active_mode_with_node_held_keys_and_trust_files(fl, tmp_path):
+    flower, fg = fl
+    from flwr.serverapp.strategy import FedAvg
     keys = {u: SigningKey.generate() for u in range(4)}
+    trust = _trust(tmp_path, keys)
     nodes = {}
     for u, k in keys.items():
         (tmp_path / f"k{u}").write_text(k.private.hex())
-        nodes[50 + u] = {"partition-id": u, "signing-key-file": str(tmp_path / f"k{u}")}
+        nodes[50 + u] = {"partition-id": u, "secagg-signing-key-file": str(tmp_path / f"k{u}"), "secagg-trust-file": trust}
     nodes[60] = {"partition-id": 3}  # an impostor claiming client 3 without its key: left out
     vk = ",".join(f"{u}:{k.public.hex()}" for u, k in keys.items())
-    grid = inprocess.InProcessGrid(words_app(flower), nodes, silent_from={4: {51}})  # 51 skips unmask
-    s = flower.SecureSettings.from_run_config({"num-server-rounds": 1, "test-dim": 16, "bits": 20, "graph": "complete",
-                                               "verify-keys": vk, "stage-timeout": 1.0, "node-wait": 0.1,
-                                               "min-survivors": 0.5})
-    res = flower.SecureFedAvg(s, log=lambda m: None).start(grid)
-    r = res.rounds[0]
-    assert res.nodes == {50: 0, 51: 1, 52: 2, 53: 3}
+    grid = fg.InProcessGrid(words_app(flower), nodes, silent_from={4: {51}})  # 51 skips unmask
+    s = flower.SecureSettings.from_run_config({"secagg-test-dim": 16, "secagg-bits": 20, "secagg-graph": "complete",
+                                               "secagg-verify-keys": vk, "secagg-timeout": 1.0,
+                                               "secagg-min-survivors": 0.5})
+    sg = quiet(flower, grid, settings=s)
+    FedAvg(fraction_evaluate=0.0, min_available_nodes=5).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
+    (r,) = sg.rounds
+    assert sg.nodes == {50: 0, 51: 1, 52: 2, 53: 3}
     assert "collect-signatures" in r.stage_survivors and r.survivors == (0, 1, 2, 3)
     words = {u: known_words(0, u, 1, 16, 20) for u in range(4)}
     assert np.array_equal(r.aggregate, plaintext_sum(words, r.survivors, 20))
 
 
-def test_a_node_refuses_rounds_above_its_max_epsilon(flwr_mods):
-    """Node config max-epsilon=2: a run at epsilon 8 gets an error reply from that node at setup, so
-    it is a dropout; the others aggregate without it (their mean update is the mean of their deltas
-    plus DP noise, here only checked to be finite and applied)."""
-    flower, inprocess = flwr_mods
-    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-    app = flower.SecureClientApp()
+def test_a_node_refuses_a_round_below_its_own_floors_keys_or_epsilon_cap(fl, tmp_path):
+    """What a node requires comes from its node config: each refusal is an error reply at setup
+    (that node is a dropout) naming what was wrong; the others aggregate without it."""
+    from flwr.serverapp.strategy import FedAvg
+    flower, fg = fl
+    keys = {u: SigningKey.generate() for u in range(5)}
+    nodes = {10 + u: {"partition-id": u} for u in range(5)}
+    nodes[11]["secagg-min-threshold"] = 4     # the round's t is 3
+    nodes[12]["secagg-trust-file"] = _trust(tmp_path, keys)  # a semi-honest round
+    nodes[13]["dp-max-epsilon"] = 2.0          # the round has no DP
+    nodes[14]["secagg-min-bits"] = 64
+    grid = fg.InProcessGrid(words_app(flower), nodes)
+    sg = quiet(flower, grid, settings=flower.SecureSettings(test_dim=4, timeout=1.0, graph=GraphKind.COMPLETE,
+                                                            threshold=0.75, min_survivors=0.2))
+    FedAvg(fraction_evaluate=0.0, min_available_nodes=5).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
+    (r,) = sg.rounds
+    assert r.aborted is not None  # only node 0 is left
+    why = r.dropouts
+    assert "threshold=3, below this node's floor threshold>=4" in why[1]
+    assert "trust file" in why[2] and "max_epsilon=2.0" in why[3] and "bits>=64" in why[4]
 
-    @app.train()
-    def train(msg, context):
-        (a,) = msg.content["arrays"].to_numpy_ndarrays()
-        return Message(RecordDict({"arrays": ArrayRecord([a + 0.01]), "metrics": MetricRecord({"num-examples": 5})}),
-                       reply_to=msg)
-    nodes = {10 + u: {"partition-id": u} for u in range(4)}
-    nodes[13]["max-epsilon"] = 2.0
-    grid = inprocess.InProcessGrid(app, nodes)
-    s = flower.SecureSettings(rounds=1, min_nodes=4, node_wait=0.1, stage_timeout=1.0, epsilon=8.0, min_survivors=0.5,
-                              graph=GraphKind.COMPLETE)
-    res = flower.SecureFedAvg(s, log=lambda m: None).start(grid, initial_arrays=ArrayRecord([np.zeros(8, np.float32)]))
-    r = res.rounds[0]
-    assert r.survivors == (0, 1, 2) and "max_epsilon=2.0" in r.dropouts[3]
-    assert np.all(np.isfinite(res.arrays.to_numpy_ndarrays()[0])) and res.epsilon == pytest.approx(8.0, rel=1e-6)
+
+def test_a_trust_file_that_disagrees_with_the_servers_keys_is_refused(fl, tmp_path):
+    from flwr.serverapp.strategy import FedAvg
+    flower, fg = fl
+    keys = {u: SigningKey.generate() for u in range(3)}
+    server_view = dict(keys)
+    server_view[2] = SigningKey.generate()  # the server substitutes client 2's key
+    nodes = {}
+    for u, k in keys.items():
+        (tmp_path / f"k{u}").write_text(server_view[u].private.hex())
+        nodes[20 + u] = {"partition-id": u, "secagg-signing-key-file": str(tmp_path / f"k{u}"),
+                         "secagg-trust-file": _trust(tmp_path, keys)}
+    vk = {u: k.public for u, k in server_view.items()}
+    grid = fg.InProcessGrid(words_app(flower), nodes)
+    sg = quiet(flower, grid, settings=flower.SecureSettings(test_dim=4, timeout=1.0, graph=GraphKind.COMPLETE,
+                                                            verify_keys=vk, min_survivors=0.5))
+    FedAvg(fraction_evaluate=0.0, min_available_nodes=3).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
+    (r,) = sg.rounds
+    assert r.aborted is not None and all("verify key for client 2" in why for why in r.dropouts.values())
+    assert set(r.dropouts) == {0, 1, 2}
+
+
+def _deflate(obj) -> dict:
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+    return {"root": obj.object_id,
+            "objects": {oid: o.deflate().hex() for oid, o in get_all_nested_objects(obj).items()}}
+
+
+def test_a_protocol_step_in_a_fresh_process_loads_no_torch_nor_training_code(fl, tmp_path):
+    """What flwr-clientapp does for each message on the Deployment Engine: a fresh interpreter
+    imports the example's client_app module and handles one message (clientapp_probe.py). A
+    protocol step (keys) loads neither torch nor digits_app.task; the setup message (training) does."""
+    import subprocess
+    from flwr.app import ArrayRecord
+    from flwr.serverapp.strategy import FedAvg
+    flower, fg = fl
+    rc = _example_config(**{"dp-epsilon": 0.0, "local-epochs": 1})
+    client_app, _ = _example_modules()
+    captured = {}
+
+    class Capture(fg.InProcessGrid):  # keep the first setup and keys messages, with the node's state before each
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            for m in messages:
+                rec = m.content.config_records.get(flower.RECORD)
+                op = None if rec is None else rec.get("op")
+                if op in ("setup", "step") and op not in captured:
+                    captured[op] = (m, self.states[m.metadata.dst_node_id], m.metadata.dst_node_id)
+            return super().send_and_receive(messages, timeout=timeout)
+    nodes = {100 + i: {"partition-id": i, "num-partitions": 3} for i in range(3)}
+    grid = Capture(client_app.app, nodes, run_config=rc)
+    from digits_app.task import build_model  # noqa: E402 (on sys.path while the example modules load)
+    FedAvg(fraction_evaluate=0.0, min_available_nodes=3).start(
+        grid=quiet(flower, grid, settings=flower.SecureSettings.from_run_config(rc)),
+        initial_arrays=ArrayRecord(build_model(rc).state_dict()), num_rounds=1)
+    probe = Path(__file__).with_name("clientapp_probe.py")
+    out = {}
+    for op, (msg, state, nid) in captured.items():
+        job = tmp_path / f"{op}.json"
+        job.write_text(json.dumps({"app_dir": str(APP_DIR), "message": _deflate(msg), "state": _deflate(state),
+                                   "node_id": nid, "node_config": nodes[nid], "run_config": rc}))
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.run([sys.executable, str(probe), str(job)], capture_output=True, text=True, env=env,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[op] = json.loads(proc.stdout.splitlines()[-1])
+    assert out["step"]["error"] is None and out["step"]["reply_keys"] == ["data"], out
+    assert out["step"]["torch"] is False and out["step"]["task"] is False, out
+    assert out["setup"]["error"] is None and out["setup"]["torch"] is True and out["setup"]["task"] is True, out
 
 
 def _example_modules():
@@ -446,11 +665,11 @@ def _example_modules():
     return client_app, server_app
 
 
-def _run_example_in_process(inprocess, rc, n, silent_from=None):
+def _run_example_in_process(fg, rc, n, silent_from=None):
     from flwr.app import Context, RecordDict
     client_app, server_app = _example_modules()
-    grid = inprocess.InProcessGrid(client_app.app, {100 + i: {"partition-id": i, "num-partitions": n}
-                                                    for i in range(n)}, run_config=rc, silent_from=silent_from)
+    grid = fg.InProcessGrid(client_app.app, {100 + i: {"partition-id": i, "num-partitions": n}
+                                             for i in range(n)}, run_config=rc, silent_from=silent_from)
     server_app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
     return grid
 
@@ -461,27 +680,32 @@ def _example_config(**over):
     return rc
 
 
-def test_example_app_trains_digits_without_dp_in_process(flwr_mods, tmp_path):
-    """The example's ServerApp and ClientApp, one process: without DP the secure FedAvg must learn
-    (10 classes: chance is 0.1; centralized training of this MLP reaches ~0.95)."""
-    _, inprocess = flwr_mods
+def test_example_app_trains_digits_without_dp_in_process(fl, tmp_path):
+    """The example's ServerApp (Flower's FedAvg on SecureGrid) and ClientApp (the mod), one
+    process: without DP the secure FedAvg must learn (10 classes: chance is 0.1; centralized
+    training of this MLP reaches ~0.95), and federated evaluation runs on every node."""
+    _, fg = fl
     out = tmp_path / "res.json"
-    rc = _example_config(**{"num-server-rounds": 3, "min-nodes": 4, "epsilon": 0.0, "result-file": str(out),
-                            "node-wait": 0.1, "local-epochs": 2, "lr": 0.2, "l2-clip": 10.0})
-    grid = _run_example_in_process(inprocess, rc, 4, silent_from={7: {102}})  # node 102 gone from round 2's shares
+    rc = _example_config(**{"num-server-rounds": 3, "min-nodes": 4, "dp-epsilon": 0.0, "result-file": str(out),
+                            "local-epochs": 2, "lr": 0.2, "secagg-l2-clip": 10.0, "fraction-evaluate": 1.0})
+    # calls per round: evaluate 1 + 4 protocol steps (+ the hello in round 1): node 102 is gone
+    # from round 2's shares step on (calls 0 hello, 1-4 round 1, 5 evaluate, 6 setup, 7 keys, 8 shares)
+    grid = _run_example_in_process(fg, rc, 4, silent_from={8: {102}})
     d = json.loads(out.read_text())
     assert grid.errors == []
-    accs = [r["metrics"]["accuracy"] for r in d["rounds"]]
+    accs = [d["server_eval"][str(r)]["accuracy"] for r in (1, 2, 3)]
     assert accs[-1] >= 0.85, accs  # seen: 0.79, 0.89, 0.93
+    assert d["rounds"][0]["survivors"] == [0, 1, 2, 3]
     assert d["rounds"][1]["survivors"] == [0, 1, 3] and d["epsilon"] is None
+    assert "eval-accuracy" in d["client_eval"]["1"]
 
 
-def test_example_app_with_ddg_reports_epsilon_within_budget(flwr_mods, tmp_path):
-    _, inprocess = flwr_mods
+def test_example_app_with_ddg_reports_epsilon_within_budget(fl, tmp_path):
+    _, fg = fl
     out = tmp_path / "res.json"
-    rc = _example_config(**{"num-server-rounds": 2, "min-nodes": 3, "epsilon": 4.0, "result-file": str(out),
-                            "node-wait": 0.1, "local-epochs": 1})
-    _run_example_in_process(inprocess, rc, 3)
+    rc = _example_config(**{"num-server-rounds": 2, "min-nodes": 3, "dp-epsilon": 4.0, "result-file": str(out),
+                            "local-epochs": 1})
+    _run_example_in_process(fg, rc, 3)
     d = json.loads(out.read_text())
     eps = [r["epsilon"] for r in d["rounds"]]
     # calibrated for exactly 2 rounds at epsilon 4: the second round lands on the budget
@@ -507,8 +731,8 @@ def test_engine_round_with_a_killed_supernode_sums_the_survivors_exactly(deploym
     the three survivors, and the aggregate equals their plaintext sum. (Complete graph, n = 4, so
     t = 2: each survivor's masks need 2 live neighbours, which one dropout leaves.)"""
     result, progress = tmp_path / "res.json", tmp_path / "progress.jsonl"
-    rc = {"num-server-rounds": 1, "test-dim": 100, "test-seed": 4, "bits": 32, "min-nodes": 4, "node-wait": 60.0,
-          "stage-timeout": 60.0, "graph": "complete", "min-survivors": 0.5, "result-file": str(result),
+    rc = {"num-server-rounds": 1, "secagg-test-dim": 100, "secagg-test-seed": 4, "secagg-bits": 32, "min-nodes": 4,
+          "secagg-timeout": 60.0, "secagg-graph": "complete", "secagg-min-survivors": 0.5, "result-file": str(result),
           "progress-file": str(progress), "test-pause": 2.0}
     done = threading.Event()
     with deployment_cls(num_nodes=4) as dep:
@@ -548,3 +772,49 @@ def test_engine_processes_are_torn_down_when_a_test_fails(deployment_cls):
         with pytest.raises(ProcessLookupError):
             os.killpg(pgid, 0)
     assert dep.processes() == []
+
+
+# ------------------------------------------------------------------------ docs/flower.md's app
+
+
+def _docs_app():
+    """The complete app of docs/flower.md ("A complete app"), executed as a module."""
+    import re
+    import types
+    doc = (ROOT / "docs" / "flower.md").read_text()
+    section = doc[doc.index("### A complete app"):doc.index("### What the node and the server each hold")]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    mod = types.ModuleType("docs_flower_app")
+    exec(compile(code, "docs/flower.md", "exec"), mod.__dict__)
+    return mod
+
+
+def test_the_docs_app_runs_secure_fedadam_with_dp(fl, capsys):
+    flower, fg = fl
+    from flwr.app import Context, RecordDict
+    app = _docs_app()
+    grid = fg.InProcessGrid(app.client_app, {30 + i: {"partition-id": i, "num-partitions": 3} for i in range(3)})
+    app.main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    out = capsys.readouterr().out
+    assert "epsilon spent: 3.99" in out or "epsilon spent: 4.0" in out, out
+    assert "survivors: [(0, 1, 2), (0, 1, 2)]" in out and grid.errors == []
+    for state in grid.states.values():  # every node ran the protocol to the end, twice
+        setup_bytes, party_bytes = __import__("fl_core.secure.transport", fromlist=["_unpack_state"])._unpack_state(
+            state.config_records[flower.STATE_RECORD]["state"])
+        assert RoundSetup.from_bytes(setup_bytes).round_number == 2
+    mk = (ROOT / "Makefile").read_text()
+    assert "'.[dev,flower]'" in mk  # `make test` runs these tests: the setup installs flwr
+
+
+@pytest.mark.flower
+@pytest.mark.timeout(600)
+def test_simulation_engine_runs_the_docs_app(fl, capsys):
+    """One run of the docs app (2 rounds) on Flower's Simulation Engine (Ray workers); skipped
+    when ray is not installed (`pip install -e '.[simulation]'`)."""
+    pytest.importorskip("ray")
+    from flwr.simulation import run_simulation
+    app = _docs_app()
+    run_simulation(server_app=app.server_app, client_app=app.client_app, num_supernodes=3,
+                   backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}})
+    out = capsys.readouterr().out
+    assert "survivors: [(0, 1, 2), (0, 1, 2)]" in out, out[-3000:]
