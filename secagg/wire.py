@@ -196,10 +196,13 @@ class _Reader:
 
 
 def _check_increasing(ids, what: str, field: str) -> None:
-    arr = np.asarray(ids, dtype=np.int64)  # one pass in C: survivor lists are n long, sent to n clients
-    bad = np.flatnonzero(arr[1:] <= arr[:-1])
-    if bad.size:
-        i = int(bad[0])
+    if ids and isinstance(ids[0], int):  # one pass in C: survivor lists are n long, sent to n clients
+        arr = np.asarray(ids, dtype=np.int64)
+        bad = [int(b) for b in np.flatnonzero(arr[1:] <= arr[:-1])[:1]]
+    else:  # (owner, kind) pairs
+        bad = [i for i, (a, b) in enumerate(zip(ids, ids[1:])) if b <= a][:1]
+    if bad:
+        i = bad[0]
         raise DecodeError(f"{what}: {field} must be strictly increasing (sorted, no duplicates); "
                           f"{ids[i + 1]} follows {ids[i]}")
 
