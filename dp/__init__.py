@@ -1,22 +1,36 @@
 """Differential privacy: accountants (RDP, PRV), calibration, budgets, discrete noise, the
-distributed discrete Gaussian in secagg's integers, and (in ``dp.opacus_adapter``, imported on
-demand because it pulls in Opacus) local DP-SGD."""
+distributed discrete Gaussian in secagg's integers, empirical privacy estimators
+(``dp.empirical``) and (in ``dp.opacus_adapter``, imported on demand because it pulls in Opacus
+and torch) local DP-SGD.
 
-from .accounting import Accountant, AccountantKind, EpsilonResult, compute_epsilon
-from .budget import BudgetTracker, PerClientBudgets, PrivacyBudget
-from .calibration import calibrate_ddg, calibrate_noise_multiplier
-from .distributed import DDGConfig, DDGPlan, decode_sum, encode_client
-from .errors import BudgetExceededError, DPConfigError, DPError
-from .events import (ComposedEvent, DistributedDiscreteGaussianEvent, GaussianEvent, PoissonSampledEvent,
-                     UnitOfPrivacy)
-from .noise import NoiseGenerator, discrete_gaussian, skellam
+The names below are loaded on first use (PEP 562): ``import dp`` costs next to nothing, and a
+process that needs only the protocol never loads scipy or torch."""
 
-__all__ = [
-    "Accountant", "AccountantKind", "EpsilonResult", "compute_epsilon",
-    "BudgetTracker", "PerClientBudgets", "PrivacyBudget",
-    "calibrate_ddg", "calibrate_noise_multiplier",
-    "DDGConfig", "DDGPlan", "decode_sum", "encode_client",
-    "BudgetExceededError", "DPConfigError", "DPError",
-    "ComposedEvent", "DistributedDiscreteGaussianEvent", "GaussianEvent", "PoissonSampledEvent", "UnitOfPrivacy",
-    "NoiseGenerator", "discrete_gaussian", "skellam",
-]
+import importlib
+
+_WHERE = {
+    "Accountant": "dp.accounting", "AccountantKind": "dp.accounting", "EpsilonResult": "dp.accounting",
+    "compute_epsilon": "dp.accounting",
+    "BudgetTracker": "dp.budget", "PerClientBudgets": "dp.budget", "PrivacyBudget": "dp.budget",
+    "calibrate_ddg": "dp.calibration", "calibrate_noise_multiplier": "dp.calibration",
+    "DDGConfig": "dp.distributed", "DDGPlan": "dp.distributed", "decode_sum": "dp.distributed",
+    "encode_client": "dp.distributed",
+    "BudgetExceededError": "dp.errors", "DPConfigError": "dp.errors", "DPError": "dp.errors",
+    "ComposedEvent": "dp.events", "DistributedDiscreteGaussianEvent": "dp.events", "GaussianEvent": "dp.events",
+    "PoissonSampledEvent": "dp.events", "UnitOfPrivacy": "dp.events",
+    "NoiseGenerator": "dp.noise", "discrete_gaussian": "dp.noise", "skellam": "dp.noise",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'dp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from .accounting import AccountantKind, coerce_kind
 from .calibration import calibrate_noise_multiplier
 from .errors import DPConfigError
+from .grad_sample import GradSampleMode
 from .noise import SECURE_GAUSSIAN_NAME, NoiseGenerator, secure_gaussian
 from .events import (
     ComposedEvent,
@@ -111,15 +112,6 @@ def _check_noise(noise: NoiseSource | str) -> NoiseSource:
     except ValueError:
         choices = [m.value for m in NoiseSource]
         raise DPConfigError(f"noise must be one of {choices}, got {noise!r}") from None
-
-
-class GradSampleMode(enum.Enum):
-    """How Opacus gets per-example gradient norms (same privacy, different speed and memory)."""
-
-    HOOKS = "hooks"  # module hooks, per-layer grad samplers (the default)
-    GHOST = "ghost"  # ghost clipping: norms without materializing per-example gradients
-    FUNCTORCH = "functorch"  # torch.func vmap over the per-example loss
-    EW = "ew"  # torch's ExpandedWeights
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from fl_core.learn.data import as_tensors
+from fl_core.learn.names import OptimizerName
 from fl_core.errors import ConfigFieldError, bad_field
 from fl_core.learn.params import model_to_vector, named_trainable
 
 __all__ = ["OptimizerName", "SampleDP", "LocalResult", "local_train", "evaluate", "check_local_options"]
-
-
-class OptimizerName(enum.Enum):
-    SGD = "sgd"
-    ADAM = "adam"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ All randomness comes from the ``np.random.Generator`` passed in; nothing touches
 
 from __future__ import annotations
 
-import enum
 import functools
 import random
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from fl_core.errors import ConfigFieldError, bad_field
+from fl_core.learn.names import DATASET_FEATURES, DatasetName, Partition
 
 __all__ = [
     "DatasetName",
@@ -54,24 +54,6 @@ __all__ = [
     "split_train_test",
     "load_federated",
 ]
-
-
-class DatasetName(enum.Enum):
-    DIGITS = "digits"
-    MNIST1D = "mnist1d"
-    SYNTHETIC = "synthetic"
-
-
-# Flat input size of each built-in dataset (what ``build_model(in_features=...)`` needs).
-DATASET_FEATURES: dict[DatasetName, int] = {DatasetName.DIGITS: 64, DatasetName.MNIST1D: 40,
-                                            DatasetName.SYNTHETIC: 60}
-
-
-class Partition(enum.Enum):
-    IID = "iid"
-    DIRICHLET = "dirichlet"
-    SHARDS = "shards"
-    NATURAL = "natural"  # the data come per client already (synthetic, user data)
 
 
 # --------------------------------------------------------------------------- user interface

@@ -7,22 +7,16 @@ BatchNorm: Opacus cannot train BatchNorm, and buffers are never aggregated (see 
 
 from __future__ import annotations
 
-import enum
 
 import torch
 from torch import nn
 
 from fl_core.errors import bad_field
+from fl_core.learn.names import ModelName
 
 __all__ = ["ModelName", "MLP", "CNN28", "Conv1D", "build_model", "PERSONAL_HEAD"]
 
 PERSONAL_HEAD: tuple[str, ...] = ("head",)
-
-
-class ModelName(enum.Enum):
-    MLP = "mlp"          # digits (64 features), synthetic (60), mnist1d (40)
-    CNN28 = "cnn28"      # 1x28x28 images (benchmarks)
-    CONV1D = "conv1d"    # mnist1d signals of length 40
 
 
 class MLP(nn.Module):

@@ -42,10 +42,12 @@ from fl_core.learn.strategy import make_server_optimizer
 from fl_core.run import rundir
 from fl_core.run.canaries import AuditRecorder
 from fl_core.run.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from fl_core.run.guardrails import check_run
 from fl_core.run.observer import RunObserver
 from fl_core.run.privacy import PrivacyPlan, privacy_plan
 from fl_core.run.report import RunSummary, write_outputs
-from fl_core.run.setup import as_run_config, build_data_and_model, derive_seed, int_seed, load_run_data
+from fl_core.run.setup import (as_run_config, build_data_and_model, derive_seed, fit_to_data, int_seed,
+                              load_run_data)
 from fl_core.secure.round import RoundAborted, SecureRoundSpec, secure_mean
 
 __all__ = ["run", "RunSummary", "RunObserver", "load_run_data", "build_data_and_model", "LEDGER", "CHECKPOINT_DIR"]
@@ -94,6 +96,9 @@ class _Trainer:
         self.sizes = self.data.num_examples()
         self.privacy: PrivacyPlan = privacy_plan(cfg, sizes=self.sizes, dim=len(self.params),
                                                  min_survivors=min_survivors, max_clients=max_clients)
+        self.guard_rails = check_run(cfg, self.privacy, dim=len(self.params), min_survivors=min_survivors,
+                                     clients=max_clients, population=n_clients,
+                                     median_examples=int(np.median(self.sizes)))
         self.opt = make_server_optimizer(cfg.server.optimizer, **cfg.server.hparams())
         self.spec = _round_spec(cfg, min_survivors=min_survivors, max_clients=max_clients,
                                 example_cap=int(self.sizes.max()))
@@ -109,6 +114,8 @@ class _Trainer:
     def begin(self, resume: bool) -> None:
         """Restore the checkpoint (``resume``) or clear the files of an earlier run, then record the config."""
         out = self.out
+        for rail in self.guard_rails:  # before anything runs: will it learn, will its rounds go through
+            self.log(rail.message)
         if resume:
             self._resume()
         vector_to_model(self.params, self.model, exclude=self.personal)
@@ -123,11 +130,15 @@ class _Trainer:
         if not resolved_path.exists():
             raise CheckpointError(f"--resume: {out} holds no run (no {rundir.CONFIG})")
         if resolved_path.read_text() != self.resolved:
-            raise CheckpointError(f"--resume: the run in {out} was started with another config")
+            raise CheckpointError(f"--resume: {resolved_path} differs from the config given: a resumed run keeps its "
+                                  f"own config (`fl-core run --resume {out}` reads that file); to train with another "
+                                  "config start a new run with --out NEW_DIR")
         if has_checkpoint(out / rundir.CHECKPOINT_DIR):  # else: killed before the first release (check_resumable)
             state = load_checkpoint(out / rundir.CHECKPOINT_DIR)  # CheckpointError if cut short or altered
             if state["config"] != self.resolved:
-                raise CheckpointError(f"--resume: the checkpoint in {out} was written by another config")
+                raise CheckpointError(f"--resume: {out / rundir.CHECKPOINT_DIR / rundir.CHECKPOINT_FILE} was written by "
+                                      f"another config than {resolved_path}: the directory mixes two runs. Restore the "
+                                      "matching checkpoint, or start a new run with --out NEW_DIR")
             self.start = int(state["round"])
             self.params = np.asarray(state["params"], dtype=np.float32)
             self.opt.load_state_dict(state["server_optimizer"])
@@ -292,7 +303,8 @@ class _Trainer:
         report = self.personalize(int_seed(cfg.seed, "personalize")) if cfg.personalize.steps > 0 else None
         return write_outputs(cfg, self.out, model=self.model, data=self.data, metrics=self.metrics,
                              privacy=self.privacy, personalization=report,
-                             stopped_by_budget=self.stopped_by_budget, log=self.log)
+                             stopped_by_budget=self.stopped_by_budget, log=self.log,
+                             guard_rails=[rail.as_dict() for rail in self.guard_rails])
 
 
 def run(config, out_dir: str | os.PathLike, *, model=None, data=None, resume: bool = False,
@@ -308,13 +320,14 @@ def run(config, out_dir: str | os.PathLike, *, model=None, data=None, resume: bo
     """
     cfg, config_dir = as_run_config(config, config_dir)
     torch.set_num_threads(1)  # tiny models: one thread is fastest and keeps runs reproducible
+    data, model = build_data_and_model(cfg, config_dir, model=model, data=data)
+    cfg = fit_to_data(cfg, data)  # given or loaded data: its own client count
     out = Path(out_dir)
     if resume:
         rundir.check_resumable(out)  # before anything is touched: a lost checkpoint after releases is refused
     elif rundir.holds_run(out):
         rundir.clear_for_new_run(out)  # a new run here: the old ledger moves to previous_ledgers/, never deleted
     out.mkdir(parents=True, exist_ok=True)
-    data, model = build_data_and_model(cfg, config_dir, model=model, data=data)
     trainer = _Trainer(cfg, out, data=data, model=model, resume=resume, log=log, observer=observer or RunObserver())
     trainer.begin(resume)
     bar = None

@@ -4,6 +4,7 @@ the run seed."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import os
@@ -17,9 +18,9 @@ from torch import nn
 from fl_core.config import InitMode, RunConfig, config_from_dict, load_config
 from fl_core.errors import ConfigFieldError, bad_field
 from fl_core.learn.data import FederatedDataset
-from fl_core.learn.params import load_pretrained
+from fl_core.learn.params import load_pretrained, matches_prefix
 
-__all__ = ["as_run_config", "build_data_and_model", "load_run_data", "resolve_object", "derive_seed", "int_seed"]
+__all__ = ["as_run_config", "build_data_and_model", "fit_to_data", "load_run_data", "resolve_object", "derive_seed", "int_seed"]
 
 
 def derive_seed(seed: int, *parts) -> bytes:
@@ -86,6 +87,27 @@ def _custom_model(factory, field: str, spec, seed: int) -> nn.Module:
     return model
 
 
+def fit_to_data(cfg: RunConfig, data: FederatedDataset) -> RunConfig:
+    """``cfg`` with ``data.num_clients`` set to the given data's client count, checked again (so
+    that ``clients_per_round``, ``dp.delta`` and the rest are checked against the real clients)."""
+    if data.num_clients == cfg.data.num_clients:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_clients=data.num_clients))
+
+
+def _check_personal_layers(cfg: RunConfig, net: nn.Module) -> None:
+    """``personalize.personal_layers`` against the model the run trains (the config checks the
+    built-in models by name; a given or factory-built one is known only now)."""
+    layers = cfg.personalize.personal_layers
+    names = [n for n, p in net.named_parameters() if p.requires_grad]
+    unused = [x for x in layers if not any(matches_prefix(n, (x,)) for n in names)]
+    if unused:
+        raise bad_field("personalize.personal_layers", list(layers), f"prefixes {unused} match no layer of the "
+                        f"model (layers: {names})")
+    if layers and all(matches_prefix(n, tuple(layers)) for n in names):
+        raise bad_field("personalize.personal_layers", list(layers), "leaves no shared layer to train")
+
+
 def build_data_and_model(cfg: RunConfig, config_dir: Path | None, *, model=None,
                          data: FederatedDataset | None = None) -> tuple[FederatedDataset, nn.Module]:
     """The run's data and initial global model: given ones first, then ``data.loader`` /
@@ -104,6 +126,7 @@ def build_data_and_model(cfg: RunConfig, config_dir: Path | None, *, model=None,
                             cfg.model.factory, seed)
     else:
         net = cfg.model.build(in_features=data.in_features, num_classes=data.num_classes, seed=seed)
+    _check_personal_layers(cfg, net)
     if cfg.init.mode is InitMode.PRETRAINED:
         path = Path(cfg.init.checkpoint)
         if not path.is_absolute() and config_dir is not None:

@@ -29,6 +29,7 @@ The mapping onto Flower (docs/flower.md):
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -336,7 +337,9 @@ class SecureSettings:
         ``secagg-k = 0`` / ``secagg-threshold = 0`` the SecAgg+ rule."""
         unknown = sorted(k for k in rc if k.startswith(("secagg-", "dp-")) and k not in RUN_CONFIG_KEYS)
         if unknown:
-            raise _bad(unknown[0], rc[unknown[0]], f"unknown key; known: {sorted(RUN_CONFIG_KEYS)}")
+            close = difflib.get_close_matches(unknown[0], RUN_CONFIG_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise _bad(unknown[0], rc[unknown[0]], f"unknown key{hint}; known: {sorted(RUN_CONFIG_KEYS)}")
         kw = {}
         if "num-server-rounds" in rc:
             kw["dp_rounds"] = rc["num-server-rounds"]

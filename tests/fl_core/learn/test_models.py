@@ -50,3 +50,12 @@ def test_bad_arguments(kw, field):
     with pytest.raises(ConfigFieldError) as e:
         build_model(**kw)
     assert e.value.fields == [field]
+
+
+def test_the_parameter_table_the_config_checks_against_is_the_models():
+    from fl_core.learn.names import DATASET_FEATURES, MODEL_PARAMETERS, DatasetName, ModelName
+
+    for name in ModelName:
+        feats = DATASET_FEATURES[DatasetName.MNIST1D] if name is ModelName.CONV1D else 64
+        model = build_model(name, in_features=feats, hidden=8, seed=0)
+        assert tuple(n for n, _ in model.named_parameters()) == MODEL_PARAMETERS[name], name
