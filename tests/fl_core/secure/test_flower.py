@@ -652,7 +652,7 @@ def test_a_protocol_step_in_a_fresh_process_loads_no_torch_nor_training_code(fl,
         assert proc.returncode == 0, proc.stderr[-3000:]
         out[op] = json.loads(proc.stdout.splitlines()[-1])
     assert out["step"]["error"] is None and out["step"]["reply_keys"] == ["data"], out
-    assert out["step"]["torch"] is False and out["step"]["task"] is False, out
+    assert out["step"]["torch"] is False and out["step"]["task"] is False and out["step"]["scipy"] is False, out
     assert out["input"]["error"] is None and out["input"]["torch"] is True and out["input"]["task"] is True, out
     assert out["input"]["reply_keys"] == ["data"]
 
