@@ -620,7 +620,8 @@ class SecureGrid(Grid):
         s = self.settings
         kind, k, t = graph_parameters(len(node_of), SecureRoundSpec(
             enabled=True, graph=s.graph, bits=s.bits, min_survivors=rec.min_survivors, k=s.k,
-            threshold_fraction=s.threshold, dropout={ProtocolStage.MASKED_INPUT: s.expected_dropout}))
+            threshold_fraction=s.threshold, dropout={ProtocolStage.MASKED_INPUT: s.expected_dropout}),
+            active=s.verify_keys is not None)
         vk = None if s.verify_keys is None else {u: s.verify_keys[u] for u in node_of}
         cfg = RoundConfig.new(client_ids=sorted(node_of), dim=spec.word_dim, bits=s.bits, threshold=t,
                               min_survivors=rec.min_survivors, graph=kind, k=k if kind is GraphKind.SPARSE else None,

@@ -75,7 +75,7 @@ def run_with_saved_state(cfg, words, *, drop_before_input=(), signing=None):
 
 
 @pytest.mark.parametrize("graph,k,t,active", [(GraphKind.COMPLETE, None, 3, False), (GraphKind.SPARSE, 4, 2, False),
-                                              (GraphKind.COMPLETE, None, 3, True)])
+                                              (GraphKind.COMPLETE, None, 4, True)])
 def test_saved_state_round_gives_exact_sum(graph, k, t, active):
     ids = list(range(7))
     signing = {u: SigningKey.generate() for u in ids} if active else None
