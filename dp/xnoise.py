@@ -25,12 +25,13 @@ cannot be rebuilt (holders dropped during removal) leaves its share in the sum: 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from .calibration import make_ddg_event
 from .distributed import DDGPlan, clip_l2, conditional_round, to_words
 from .errors import DPConfigError, DPError
 from .events import DistributedDiscreteGaussianEvent, check_count
@@ -128,9 +129,9 @@ def noise_left(plan: DDGPlan, *, survivors: int, removed: int) -> NoiseLeft:
         raise DPError(f"removing {r} of {s} noise shares leaves {kept}, fewer than "
                       f"min_survivors={m}: at most {s - m} are excess")
     honest = kept - tolerated_corrupt(plan)
-    event = make_ddg_event(l2_clip=plan.config.l2_clip, scale=1.0 / plan.gamma,
-                           dim=plan.padded_dim, num_clients=honest,
-                           client_sigma=plan.client_sigma, beta=plan.config.beta)
+    # the plan's event (same sensitivity, per-client noise), for the honest shares left
+    event = dataclasses.replace(plan.event, sigma=plan.client_sigma * math.sqrt(honest),
+                                num_clients=honest)
     variance = kept * (plan.gamma * plan.client_sigma) ** 2
     return NoiseLeft(survivors=s, removed=r, kept=kept, honest=honest, variance=variance,
                      event=event)

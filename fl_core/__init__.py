@@ -18,8 +18,10 @@ _WHERE = {
     "build_model": "fl_core.learn.models",
     "load_pretrained": "fl_core.learn.params", "model_to_vector": "fl_core.learn.params",
     "vector_to_model": "fl_core.learn.params",
-    "RunSummary": "fl_core.run.loop", "run": "fl_core.run.loop",
+    "RunSummary": "fl_core.run.report",
     "make_server_optimizer": "fl_core.learn.strategy",
+    "secure_aggregate": "fl_core.secure.aggregate", "SecureAggregate": "fl_core.secure.aggregate",
+    "RoundAborted": "fl_core.secure.aggregate",
 }
 
 __all__ = [
@@ -27,10 +29,13 @@ __all__ = [
     "FederatedDataset", "load_federated", "build_model", "local_train", "evaluate", "LocalResult", "SampleDP",
     "model_to_vector", "vector_to_model", "load_pretrained", "make_server_optimizer",
     "FLError", "ConfigFieldError", "ShapeMismatchError", "CheckpointError",
+    "secure_aggregate", "SecureAggregate", "RoundAborted",
 ]
 
 
 def __getattr__(name: str):
+    if name == "run":  # the callable fl_core.run package (fl_core.run.loop.run when called)
+        return importlib.import_module("fl_core.run")
     if name not in _WHERE:
         raise AttributeError(f"module 'fl_core' has no attribute {name!r}")
     value = getattr(importlib.import_module(_WHERE[name]), name)

@@ -31,6 +31,7 @@ Minimal file::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import functools
 import os
@@ -48,7 +49,7 @@ from dp.grad_sample import GradSampleMode
 from secagg.config import GraphKind
 
 from fl_core.config_rules import DPMode, InitMode, cross_problems
-from fl_core.errors import ConfigFieldError
+from fl_core.errors import ConfigFieldError, ConfigFileError
 from fl_core.learn.names import Backend, DatasetName, ModelName, OptimizerName, Partition
 from fl_core.learn.strategy import ServerOptName
 
@@ -330,7 +331,8 @@ def _reason(cls: type, err: dict) -> str:
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
         section = _section_at(cls, err["loc"][:-1])
         names = [f.name for f in dataclasses.fields(section)] if section else []
-        return f"unknown key (valid keys here: {names})"
+        close = difflib.get_close_matches(str(err["loc"][-1]), names, n=1, cutoff=0.6)
+        return "unknown key" + (f"; did you mean {close[0]!r}?" if close else "") + f" (valid keys here: {names})"
     if kind in _BOUNDS:
         return f"must be {_BOUNDS[kind]} {next(iter(ctx.values()))}"
     if kind == "enum":
@@ -442,11 +444,11 @@ def load_config(path: str | os.PathLike, *, check_files: bool = True) -> RunConf
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigFieldError([(str(path), f"cannot read the config file: {e.strerror or e}")]) from None
+        raise ConfigFileError(path, f"{e.strerror or e}") from None
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigFieldError([(str(path), f"TOML syntax error: {e}")]) from None
+        raise ConfigFileError(path, f"TOML syntax error: {e}") from None
     return config_from_dict(table, base_dir=path.parent, check_files=check_files)
 
 

@@ -36,6 +36,16 @@ class ConfigFieldError(FLError, ValueError):
         return [p for p, _ in self.problems]
 
 
+class ConfigFileError(ConfigFieldError):
+    """The config file cannot be read or parsed; the message names the file first ("cannot read
+    FILE: why"), not a field. A ``ConfigFieldError`` so that one ``except`` still catches config errors."""
+
+    def __init__(self, path: object, why: str):
+        super().__init__([(str(path), why)])
+        self.path = str(path)
+        self.args = (f"cannot read {path}: {why}",)
+
+
 class ShapeMismatchError(FLError, ValueError):
     """A vector or a state_dict does not match a model; ``layer`` names the first layer concerned."""
 

@@ -21,8 +21,8 @@ from . import masking, wire
 from .config import Mode, RoundConfig
 from .excess import excess_owners
 from .errors import (AbortedError, AuthenticationError, DecodeError, InputError, LocalProtocolError,
-                     RefusedRequestError, RemoteProtocolError, SecAggError, UnexpectedMessageError,
-                     UnknownClientError, WrongSessionError)
+                     RefusedRequestError, RemoteProtocolError, RoundMismatchError, SecAggError,
+                     UnexpectedMessageError, UnknownClientError, WrongSessionError)
 from .hazmat import aead, kex, shamir
 from .hazmat.sign import SigningKey, verify
 from .messages import (AdvertiseKeys, ConsistencyRequest, ConsistencySignature, EncryptedShare,
@@ -31,23 +31,33 @@ from .messages import (AdvertiseKeys, ConsistencyRequest, ConsistencySignature, 
 from .state import Event, Stage, next_stage
 
 STAGE_SHARES = 1  # the AEAD stage byte for encrypted shares
-STATE_VERSION = 1  # ClientParty.to_state() layout
+STATE_VERSION = 2  # ClientParty.to_state() layout; v2 records the round digest
 _STATE_MAGIC = b"SAst"
 
 
-def keys_signed_bytes(session_id: bytes, client_id: int, channel_pk: bytes, mask_pk: bytes) -> bytes:
-    """What a client signs in stage 0 (active mode)."""
-    return b"secagg/v1/keys" + session_id + struct.pack(">I", client_id) + channel_pk + mask_pk
+def keys_signed_bytes(round_digest: bytes, client_id: int, channel_pk: bytes, mask_pk: bytes) -> bytes:
+    """What a client signs in stage 0 (active mode): its keys under the round digest it computed."""
+    return b"secagg/v2/keys" + round_digest + struct.pack(">I", client_id) + channel_pk + mask_pk
 
 
-def survivors_signed_bytes(session_id: bytes, survivors: tuple[int, ...]) -> bytes:
+def survivors_signed_bytes(round_digest: bytes, survivors: tuple[int, ...]) -> bytes:
     """What a client signs in stage 3: the survivor list it was shown."""
-    return b"secagg/v1/survivors" + session_id + struct.pack(f">I{len(survivors)}I", len(survivors), *survivors)
+    return b"secagg/v2/survivors" + round_digest + struct.pack(f">I{len(survivors)}I", len(survivors), *survivors)
 
 
-def self_mask_commitment(session_id: bytes, client_id: int, seed: bytes) -> bytes:
+def words_digest(words: np.ndarray, bits: int) -> bytes:
+    """SHA-256 of the masked words as little-endian words of the word dtype (4 or 8 bytes each)."""
+    return hashlib.sha256(np.ascontiguousarray(words, dtype=wire.word_dtype(bits)).data).digest()
+
+
+def masked_input_signed_bytes(round_digest: bytes, client_id: int, words: np.ndarray, bits: int) -> bytes:
+    """What a client signs with its masked input (active mode): a changed y_u is then rejected."""
+    return b"secagg/v2/masked-input" + round_digest + struct.pack(">I", client_id) + words_digest(words, bits)
+
+
+def self_mask_commitment(round_digest: bytes, client_id: int, seed: bytes) -> bytes:
     """SHA-256 commitment to b_u: lets the server reject a self-mask rebuilt from forged shares."""
-    return hashlib.sha256(b"secagg/v1/self-mask" + session_id + struct.pack(">I", client_id) + seed).digest()
+    return hashlib.sha256(b"secagg/v2/self-mask" + round_digest + struct.pack(">I", client_id) + seed).digest()
 
 
 def bound_share_key(share_key: bytes, *, session_id: bytes, u: int, u_mask_pk: bytes, v: int,
@@ -126,10 +136,12 @@ class ClientParty:
         self._channel = kex.KeyPair.from_private(self._randbytes(32))
         self._mask = kex.KeyPair.from_private(self._randbytes(32))
         signature = b""
+        digest = self.config.round_digest
         if self._signing_key is not None:
             signature = self._signing_key.sign(keys_signed_bytes(
-                self.config.session_id, self.id, self._channel.public, self._mask.public))
-        return AdvertiseKeys(self.config.session_id, self.id, self._channel.public, self._mask.public, signature)
+                digest, self.id, self._channel.public, self._mask.public))
+        return AdvertiseKeys(self.config.session_id, self.id, self._channel.public, self._mask.public, digest,
+                             signature)
 
     def receive(self, message: Message | bytes) -> Message:
         """Handle one server message and return the reply to send."""
@@ -138,6 +150,7 @@ class ClientParty:
         msg = wire.decode(message) if isinstance(message, (bytes, bytearray, memoryview)) else message
         if not isinstance(msg, SERVER_TO_CLIENT):
             raise UnexpectedMessageError(f"client {self.id} got a {type(msg).__name__}, which only the server receives")
+        wire.check_fields(msg)
         if msg.session_id != self.config.session_id:
             raise WrongSessionError(f"client {self.id}: message of session {msg.session_id.hex()[:16]}…, "
                                     f"this round is {self.config.session_id.hex()[:16]}…")
@@ -150,7 +163,7 @@ class ClientParty:
                    ConsistencyRequest: self._on_consistency, UnmaskRequest: self._on_unmask}[type(msg)]
         try:
             reply = handler(msg)
-        except (RefusedRequestError, AbortedError):
+        except (RefusedRequestError, RoundMismatchError, AbortedError):
             self.stage = Stage.ABORTED
             self._forget()
             raise
@@ -184,7 +197,8 @@ class ClientParty:
         def hx(b: bytes | None) -> str | None:
             return None if b is None else b.hex()
 
-        head = {"v": STATE_VERSION, "session": self.config.session_id.hex(), "id": self.id,
+        head = {"v": STATE_VERSION, "session": self.config.session_id.hex(), "digest": self.config.round_digest.hex(),
+                "id": self.id,
                 "stage": self.stage.value,
                 "channel": [self._channel.private.hex(), self._channel.public.hex()] if self._channel else None,
                 "mask": [self._mask.private.hex(), self._mask.public.hex()] if self._mask else None,
@@ -214,6 +228,7 @@ class ClientParty:
             if head["v"] != STATE_VERSION:
                 raise ValueError(f"version {head['v']!r}, this library reads {STATE_VERSION}")
             session, client_id, stage = unhex(head["session"]), int(head["id"]), Stage(head["stage"])
+            digest = unhex(head["digest"])
             keys = [(k, None if head[k] is None else kex.KeyPair(*map(bytes.fromhex, head[k])))
                     for k in ("channel", "mask")]
             self_seed = unhex(head["self_seed"])
@@ -227,6 +242,9 @@ class ClientParty:
         if session != config.session_id:
             raise LocalProtocolError(f"state is of session {session.hex()[:16]}…, config is of session "
                                      f"{config.session_id.hex()[:16]}…")
+        if digest != config.round_digest:
+            raise LocalProtocolError(f"state was saved under round digest {digest.hex()[:16]}…, config has "
+                                     f"{config.round_digest.hex()[:16]}…: other round parameters")
         # After stage 1 the noise seed lives only in its shares; the constructor still wants one.
         placeholder = (noise_seed or bytes(32)) if config.excess_noise else None
         party = cls(config, client_id, signing_key=signing_key, randbytes=randbytes, noise_seed=placeholder)
@@ -256,10 +274,18 @@ class ClientParty:
             if p.channel_pk in seen_keys or p.mask_pk in seen_keys or p.channel_pk == p.mask_pk:
                 raise RemoteProtocolError(f"client {self.id}: keys of {p.client_id} repeat another key")
             seen_keys |= {p.channel_pk, p.mask_pk}
-            if cfg.mode is Mode.ACTIVE:
+            if cfg.mode is Mode.ACTIVE:  # under the key of our own configuration, the digest p carries
                 verify(cfg.verify_keys[p.client_id], p.signature,
-                       keys_signed_bytes(cfg.session_id, p.client_id, p.channel_pk, p.mask_pk))
+                       keys_signed_bytes(p.round_digest, p.client_id, p.channel_pk, p.mask_pk))
+            elif p.signature:
+                raise RemoteProtocolError(f"client {self.id}: keys of {p.client_id} are signed in semi-honest mode")
             peers[p.client_id] = (p.channel_pk, p.mask_pk)
+        mismatched = [p.client_id for p in msg.peers if p.round_digest != cfg.round_digest]
+        if mismatched:  # every entry is authentic (active mode): the server gave us other round parameters
+            raise RoundMismatchError(f"client {self.id} aborts: neighbour {mismatched[0]} advertised round digest "
+                                     f"{next(p.round_digest for p in msg.peers if p.client_id == mismatched[0]).hex()[:16]}…, "
+                                     f"ours is {cfg.round_digest.hex()[:16]}…: the parties hold different "
+                                     f"round parameters")
         if len(peers) < cfg.threshold:
             self._abort(f"only {len(peers)} neighbours advertised keys, fewer than threshold t={cfg.threshold}")
         self._peers = peers
@@ -279,9 +305,9 @@ class ClientParty:
             plaintext = struct.pack(">II", self.id, v) + sk_share.to_bytes() + b_share.to_bytes()
             if noise_share is not None:
                 plaintext += noise_share.to_bytes()
-            out.append(EncryptedShare(v, aead.seal(key, plaintext, session_id=cfg.session_id,
+            out.append(EncryptedShare(v, aead.seal(key, plaintext, round_digest=cfg.round_digest,
                                                    stage=STAGE_SHARES, sender=self.id, receiver=v)))
-        commitment = self_mask_commitment(cfg.session_id, self.id, self._self_seed)
+        commitment = self_mask_commitment(cfg.round_digest, self.id, self._self_seed)
         self._noise_seed = None  # it lives on only in the shares
         return ShareKeys(cfg.session_id, self.id, commitment, tuple(out))
 
@@ -297,7 +323,7 @@ class ClientParty:
             if s.peer not in self._peers:
                 raise UnknownClientError(f"client {self.id}: shares from {s.peer}, who did not advertise keys to it")
             key = self._share_keys[s.peer]
-            plain = aead.open_(key, s.ciphertext, session_id=cfg.session_id, stage=STAGE_SHARES,
+            plain = aead.open_(key, s.ciphertext, round_digest=cfg.round_digest, stage=STAGE_SHARES,
                                sender=s.peer, receiver=self.id)
             if len(plain) != size or struct.unpack_from(">II", plain) != (s.peer, self.id):
                 raise AuthenticationError("share ciphertext failed authentication")
@@ -317,7 +343,10 @@ class ClientParty:
         self._held = held
         words, self._input = self._input, None  # our own copy (set_input): mask it in place
         masking.add_masks(words, plus=plus, minus=minus, bits=cfg.bits)
-        return MaskedInput(cfg.session_id, self.id, cfg.bits, words)
+        signature = b""
+        if self._signing_key is not None:
+            signature = self._signing_key.sign(masked_input_signed_bytes(cfg.round_digest, self.id, words, cfg.bits))
+        return MaskedInput(cfg.session_id, self.id, cfg.bits, words, signature)
 
     # ------------------------------------------------------------------ stage 3: consistency
 
@@ -337,11 +366,17 @@ class ClientParty:
         if len(survivors) < cfg.min_survivors:
             raise RefusedRequestError(f"client {self.id}: {len(survivors)} survivors, fewer than "
                                       f"min_survivors={cfg.min_survivors}")
+        if cfg.mode is Mode.ACTIVE:  # the server learns the sum of each component of the survivors' graph
+            own = next(c for c in cfg.neighbour_graph.components(survivors) if self.id in c)
+            if len(own) < cfg.min_survivors:
+                raise RefusedRequestError(f"client {self.id}: the survivors' graph is disconnected and its own "
+                                          f"component has {len(own)} clients, fewer than min_survivors="
+                                          f"{cfg.min_survivors}: revealing would expose a partial sum")
 
     def _on_consistency(self, msg: ConsistencyRequest) -> ConsistencySignature:
         self._check_survivors(msg.survivors)
         self._survivors = msg.survivors
-        sig = self._signing_key.sign(survivors_signed_bytes(self.config.session_id, msg.survivors))
+        sig = self._signing_key.sign(survivors_signed_bytes(self.config.round_digest, msg.survivors))
         return ConsistencySignature(self.config.session_id, self.id, sig)
 
     # ------------------------------------------------------------------ stage 4: unmask
@@ -355,10 +390,11 @@ class ClientParty:
         if cfg.mode is Mode.ACTIVE:
             if msg.survivors != self._survivors:
                 raise RefusedRequestError(f"client {self.id}: survivor list differs from the one it signed")
-            signers = set()
-            signed = survivors_signed_bytes(cfg.session_id, msg.survivors)
+            signers = set()  # only our own neighbours count, each once, on exactly this list
+            signed = survivors_signed_bytes(cfg.round_digest, msg.survivors)
+            survivors = set(msg.survivors)
             for s in msg.signatures:
-                if s.client_id not in msg.survivors or s.client_id in signers:
+                if s.client_id not in self.neighbours or s.client_id not in survivors or s.client_id in signers:
                     continue
                 try:
                     verify(cfg.verify_keys[s.client_id], s.signature, signed)
@@ -367,8 +403,8 @@ class ClientParty:
                 signers.add(s.client_id)
             valid = len(signers)
             if valid < cfg.threshold:
-                raise RefusedRequestError(f"client {self.id}: {valid} valid signatures on the survivor list, "
-                                          f"fewer than t={cfg.threshold}")
+                raise RefusedRequestError(f"client {self.id}: {valid} valid signatures of its neighbours on the "
+                                          f"survivor list, fewer than t={cfg.threshold}")
         survivors, dropped = set(msg.survivors), set(msg.dropped)
         # How many noise seeds come off follows from the checked list and our own min_survivors.
         excess = set(excess_owners(msg.survivors, min_survivors=cfg.min_survivors)) if cfg.excess_noise else set()

@@ -64,6 +64,11 @@ class RefusedRequestError(RemoteProtocolError):
     the earlier one. The client aborts: it reveals nothing more in this round."""
 
 
+class RoundMismatchError(RemoteProtocolError):
+    """A peer's round digest differs from ours: the parties were given different round parameters
+    (another t, k, client list, verify keys, ...). A client that sees one aborts for good."""
+
+
 class ShamirError(SecAggError):
     """Secret sharing failed: too few, duplicate, malformed or inconsistent shares."""
 

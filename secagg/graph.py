@@ -33,9 +33,12 @@ __all__ = [
     "harary_permutation",
     "harary_graph",
     "FailureBounds",
+    "KTChoice",
     "failure_bounds",
     "choose_k_t",
     "classic_threshold",
+    "beacon_seed",
+    "chain_seed",
 ]
 
 #: Client ids are uint32 with 2**32 - 1 excluded, so the Shamir x-coordinate id + 1 is a nonzero uint32.
@@ -116,6 +119,34 @@ class NeighbourGraph:
             return self.ids[:i] + self.ids[i + 1:]
         n, p, half = self.n, self._position[u], self.degree // 2
         return tuple(sorted(self.ring[(p + s) % n] for d in range(1, half + 1) for s in (d, -d)))
+
+
+    def components(self, members: Iterable[int]) -> list[tuple[int, ...]]:
+        """The connected components (sorted id tuples) of the graph induced on ``members``.
+
+        The server learns the sum over each component of the survivors' graph, so it must be one
+        component. On the Harary ring two members are joined iff their ring distance is at most
+        k/2, so an edge never spans a gap of more than k/2 positions without a member: the members
+        fall apart exactly at those gaps, and with fewer than two such gaps they form one path.
+        O(m log m) for m members, no edge list.
+        """
+        members = sorted(set(members))
+        bad = [u for u in members if u not in self]
+        if bad:
+            raise LocalProtocolError(f"clients {bad[:10]} are not in this neighbour graph (n={self.n})")
+        if not members:
+            return []
+        if self.is_complete:
+            return [tuple(members)]
+        n, half = self.n, self.degree // 2
+        pos = sorted(self._position[u] for u in members)
+        cuts = [i for i in range(len(pos)) if (pos[(i + 1) % len(pos)] - pos[i]) % n > half]
+        if len(cuts) < 2:
+            return [tuple(members)]
+        arcs = []
+        for a, b in zip(cuts, cuts[1:] + [cuts[0] + len(pos)]):
+            arcs.append(tuple(sorted(self.ring[pos[j % len(pos)]] for j in range(a + 1, b + 1))))
+        return sorted(arcs)
 
 
 def complete_graph(ids: Iterable[int]) -> NeighbourGraph:
@@ -253,26 +284,53 @@ def _bounds_all_t(n: int, k: int, c: int, d: int) -> tuple[np.ndarray, np.ndarra
     return s1, np.full(k + 2, s2), correctness
 
 
-def failure_bounds(n: int, *, k: int, t: int, dropout: float, corrupt: float) -> FailureBounds:
-    """The failure bounds of docs/graph.md at (n, k, t); k = n-1 means the complete graph."""
+def _security_index(k: int, t: np.ndarray | int, active: bool):
+    """Which S1 tail bounds security at threshold t: t corrupt neighbours (semi-honest), or
+    2t - k (active: the server also withholds and splits lists, so 2t > k + c is needed and
+    c = 2t - k - 1 corrupt neighbours are tolerated)."""
+    return np.clip(2 * np.asarray(t) - k, 0, k + 1) if active else np.asarray(t)
+
+
+def failure_bounds(n: int, *, k: int, t: int, dropout: float, corrupt: float,
+                   active: bool = False) -> FailureBounds:
+    """The failure bounds of docs/graph.md at (n, k, t); k = n-1 means the complete graph.
+    With ``active`` the Shamir bound is that of the active-server rule (docs/graph.md section 6):
+    some client has 2t - k or more corrupt neighbours."""
     n, c, d = _counts(n, dropout, corrupt)
     if not _is_int(k) or not (k == n - 1 or (2 <= k <= n - 2 and k % 2 == 0)):
         raise ConfigError(f"k must be even in [2, n-2] or n-1={n - 1}, got k={k!r}")
     if not _is_int(t) or not 1 <= t <= k:
         raise ConfigError(f"t must be an int in [1, k={k}], got t={t!r}")
     s1, s2, cor = _bounds_all_t(n, k, c, d)
-    return FailureBounds(float(s1[t]), float(s2[t]), float(np.logaddexp2(s1[t], s2[t])), float(cor[t]))
+    sh = float(s1[int(_security_index(k, t, active))])
+    return FailureBounds(sh, float(s2[t]), float(np.logaddexp2(sh, s2[t])), float(cor[t]))
 
 
-def _t_range(n: int, k: int, c: int, d: int, sigma: float, eta: float) -> tuple[int, int]:
-    """[lo, hi]: thresholds meeting security (t >= lo) and correctness (t <= hi); empty if lo > hi."""
+def _t_range(n: int, k: int, c: int, d: int, sigma: float, eta: float, active: bool) -> tuple[int, int]:
+    """[lo, hi]: thresholds meeting security (t >= lo) and correctness (t <= hi); empty if lo > hi.
+    t >= 2 always: with t = 1 every share is the secret."""
     s1, s2, cor = _bounds_all_t(n, k, c, d)
     t = np.arange(k + 2)
-    secure = (np.logaddexp2(s1, s2) <= -sigma) & (t >= 1) & (t <= k)
-    correct = (cor <= -eta) & (t >= 1) & (t <= k)
+    secure = (np.logaddexp2(s1[_security_index(k, t, active)], s2) <= -sigma) & (t >= 2) & (t <= k)
+    correct = (cor <= -eta) & (t >= 2) & (t <= k)
     lo = int(t[secure][0]) if secure.any() else k + 1
     hi = int(t[correct][-1]) if correct.any() else 0
     return lo, hi
+
+
+class KTChoice(tuple):
+    """``(k, t)`` as chosen by ``choose_k_t`` (it unpacks as a pair), with what the choice assumes:
+    ``corrupt_neighbours`` is the c of the rule (pass it to ``RoundConfig(max_corrupt_neighbours=)``
+    in active mode), ``bounds`` the failure bounds at (k, t)."""
+
+    def __new__(cls, k: int, t: int, *, corrupt_neighbours: int, bounds: FailureBounds, active: bool):
+        obj = super().__new__(cls, (k, t))
+        obj.k, obj.t, obj.corrupt_neighbours, obj.bounds, obj.active = k, t, corrupt_neighbours, bounds, active
+        return obj
+
+    def __getnewargs_ex__(self):
+        return (self.k, self.t), {"corrupt_neighbours": self.corrupt_neighbours, "bounds": self.bounds,
+                                  "active": self.active}
 
 
 def _positive(value: object, name: str) -> float:
@@ -281,47 +339,100 @@ def _positive(value: object, name: str) -> float:
     return float(value)
 
 
-def _complete_range(n: int, c: int, d: int) -> tuple[int, int]:
-    # With k = n-1 every other client is a neighbour: t >= c+1 hides, t <= n-1-d recovers.
-    return c + 1, n - 1 - d
+def _complete_range(n: int, c: int, d: int, active: bool) -> tuple[int, int]:
+    # With k = n-1 every other client is a neighbour: t >= c+1 hides (active: 2t > n-1+c, the
+    # neighbourhood form of Bonawitz et al.'s active bound), t <= n-1-d recovers; t >= 2 always.
+    lo = (n - 1 + c) // 2 + 1 if active else c + 1
+    return max(lo, 2), n - 1 - d
 
 
-def _midpoint_or_raise(n: int, c: int, d: int, dropout: object, corrupt: object) -> int:
-    lo, hi = _complete_range(n, c, d)
+def _midpoint_or_raise(n: int, c: int, d: int, dropout: object, corrupt: object, active: bool = False) -> int:
+    lo, hi = _complete_range(n, c, d, active)
     if lo > hi:
+        need = (f"2t > n-1+c = {n - 1 + c} (active-server bound)" if active
+                else f"t >= c+1 = {c + 1} (fewer than t corrupt neighbours) and t >= 2")
         raise ConfigError(
             f"no threshold works for n={n}, corrupt={corrupt!r} (c={c} clients), dropout={dropout!r} "
             f"(d={d} clients), even with the complete graph (k=n-1={n - 1}): security needs "
-            f"t >= c+1 = {lo} (fewer than t corrupt neighbours), correctness needs t <= n-1-d = {hi} "
-            f"(t live neighbours after d dropouts); c + d = {c + d} must be below n-1 = {n - 1}")
+            f"{need}, correctness needs t <= n-1-d = {hi} (t live neighbours after d dropouts)")
     return (lo + hi + 1) // 2
 
 
-def classic_threshold(n: int, *, dropout: float, corrupt: float) -> int:
+def classic_threshold(n: int, *, dropout: float, corrupt: float, active: bool = False) -> int:
     """Shamir threshold for the complete graph (classic SecAgg).
 
     Every client holds shares of every other, so the conditions are exact: t > c corrupt clients
-    (security) and t <= n - 1 - d (correctness after d dropouts). The midpoint of that range is
-    returned (rounded up), leaving equal slack against underestimating either fraction.
+    (security; in active mode 2t > n - 1 + c) and t <= n - 1 - d (correctness after d dropouts),
+    and t >= 2. The midpoint of that range is returned (rounded up), leaving equal slack against
+    underestimating either fraction.
     """
     n, c, d = _counts(n, dropout, corrupt)
-    return _midpoint_or_raise(n, c, d, dropout, corrupt)
+    return _midpoint_or_raise(n, c, d, dropout, corrupt, active)
 
 
 def choose_k_t(n: int, *, dropout: float, corrupt: float, sigma: float = 40,
-               eta: float = 30) -> tuple[int, int]:
+               eta: float = 30, active: bool = False, grind_log2: float = 0.0) -> KTChoice:
     """The smallest even k (and a threshold t) meeting the SecAgg+ conditions of docs/graph.md.
 
-    Security fails with probability <= 2**-sigma (no client has t corrupt neighbours, and the
-    honest survivors stay connected); correctness fails with probability <= 2**-eta (every client
-    keeps t live neighbours). t is the midpoint (rounded up) of the thresholds that work at that k.
-    If no k <= n-2 works, the complete graph (k = n-1) is returned with ``classic_threshold``.
+    Security fails with probability <= 2**-sigma (no client has t corrupt neighbours -- with
+    ``active``, 2t - k or more, so that 2t > k + c holds for the c it does have -- and the honest
+    survivors stay connected); correctness fails with probability <= 2**-eta (every client keeps t
+    live neighbours). t is the midpoint (rounded up) of the thresholds that work at that k, and
+    t >= 2. ``grind_log2``: log2 of the graphs an adversary may try (session ids or seeds it can
+    grind, docs/graph.md section 7), added to sigma. If no k <= n-2 works, the complete graph
+    (k = n-1) is returned with ``classic_threshold``. Unpacks as ``(k, t)``; see ``KTChoice``.
     """
     n, c, d = _counts(n, dropout, corrupt)
     sigma, eta = _positive(sigma, "sigma"), _positive(eta, "eta")
+    if isinstance(grind_log2, bool) or not isinstance(grind_log2, (int, float)) or not 0 <= grind_log2 < 1e6:
+        raise ConfigError(f"grind_log2 must be a number >= 0, got grind_log2={grind_log2!r}")
+    sigma += float(grind_log2)
+    k = t = None
     if c + d < n - 1:  # otherwise every neighbour is corrupt or dropped: no sparse k can work
-        for k in range(2, n - 1, 2):
-            lo, hi = _t_range(n, k, c, d, sigma, eta)
+        for kk in range(2, n - 1, 2):
+            lo, hi = _t_range(n, kk, c, d, sigma, eta, active)
             if lo <= hi:
-                return k, (lo + hi + 1) // 2
-    return n - 1, _midpoint_or_raise(n, c, d, dropout, corrupt)
+                k, t = kk, (lo + hi + 1) // 2
+                break
+    if k is None:
+        k, t = n - 1, _midpoint_or_raise(n, c, d, dropout, corrupt, active)
+    tolerated = 2 * t - k - 1 if active else t - 1
+    return KTChoice(k, t, corrupt_neighbours=tolerated, active=active,
+                    bounds=failure_bounds(n, k=k, t=t, dropout=dropout, corrupt=corrupt, active=active))
+
+
+# ------------------------------------------------------------------------------- graph seeds
+
+#: Domain-separation labels of the deployment-supplied graph seeds (docs/graph.md section 7).
+BEACON_SEED_LABEL = b"secagg/v2/graph-seed/beacon"
+CHAIN_SEED_LABEL = b"secagg/v2/graph-seed/chain"
+
+
+def _seed_input(value: object, name: str) -> bytes:
+    if not isinstance(value, (bytes, bytearray)) or not 16 <= len(value) <= 1024:
+        raise ConfigError(f"{name} must be 16..1024 bytes, got {type(value).__name__} of length "
+                          f"{len(value) if isinstance(value, (bytes, bytearray)) else '?'}")
+    return bytes(value)
+
+
+def beacon_seed(beacon: bytes, *, round_number: int) -> bytes:
+    """A graph seed from a public randomness beacon value published after the round's cohort was
+    fixed (e.g. a drand round): SHA-256(label || round (8 B BE) || len (4 B BE) || beacon). The
+    server cannot grind it: it does not choose the beacon output."""
+    if not _is_int(round_number) or not 0 <= round_number < 2**64:
+        raise ConfigError(f"round_number must be an int in [0, 2**64), got {round_number!r}")
+    b = _seed_input(beacon, "beacon")
+    return hashlib.sha256(BEACON_SEED_LABEL + round_number.to_bytes(8, "big") + len(b).to_bytes(4, "big") + b).digest()
+
+
+def chain_seed(previous_round_digest: bytes, *, round_number: int) -> bytes:
+    """A graph seed from the previous round's digest (a hash chain every client can recompute):
+    SHA-256(label || round (8 B BE) || previous digest (32)). It fixes the graph before the server
+    sees this round's messages; the server can still influence it through the previous round's
+    parameters, so prefer a beacon where one exists (docs/graph.md section 7)."""
+    if not _is_int(round_number) or not 0 <= round_number < 2**64:
+        raise ConfigError(f"round_number must be an int in [0, 2**64), got {round_number!r}")
+    prev = _seed_input(previous_round_digest, "previous_round_digest")
+    if len(prev) != 32:
+        raise ConfigError(f"previous_round_digest must be 32 bytes, got {len(prev)}")
+    return hashlib.sha256(CHAIN_SEED_LABEL + round_number.to_bytes(8, "big") + prev).digest()

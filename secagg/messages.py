@@ -1,7 +1,9 @@
 """Frozen messages, one class per stage and direction. Their bytes live in ``wire.py``.
 
 Client-to-server messages carry ``sender``; server-to-client messages carry ``receiver``. Every
-message carries the round's ``session_id`` so a message of another round is rejected.
+message carries the round's ``session_id`` so a message of another round is rejected; key
+advertisements also carry the sender's round digest (``RoundConfig.round_digest``), so a client
+given other round parameters than its neighbours is detected.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class PeerKeys:
     client_id: int
     channel_pk: bytes   # X25519 c_u: encrypts shares
     mask_pk: bytes      # X25519 s_u: pairwise masks
-    signature: bytes    # Ed25519 over both keys, empty in semi-honest mode
+    round_digest: bytes  # the round digest the owner computed from its own configuration
+    signature: bytes    # Ed25519 over digest and both keys, empty in semi-honest mode
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,12 @@ class AdvertiseKeys:
     sender: int
     channel_pk: bytes
     mask_pk: bytes
+    round_digest: bytes
     signature: bytes = b""
     type = MessageType.ADVERTISE_KEYS
 
     def peer_keys(self) -> PeerKeys:
-        return PeerKeys(self.sender, self.channel_pk, self.mask_pk, self.signature)
+        return PeerKeys(self.sender, self.channel_pk, self.mask_pk, self.round_digest, self.signature)
 
 
 @dataclass(frozen=True)
@@ -82,11 +86,13 @@ class MaskedInput:
     sender: int
     bits: int
     words: np.ndarray
+    signature: bytes = b""  # active mode: Ed25519 over the round digest and SHA-256 of the words
     type = MessageType.MASKED_INPUT
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, MaskedInput) and (self.session_id, self.sender, self.bits)
-                == (other.session_id, other.sender, other.bits) and np.array_equal(self.words, other.words))
+        return (isinstance(other, MaskedInput) and (self.session_id, self.sender, self.bits, self.signature)
+                == (other.session_id, other.sender, other.bits, other.signature)
+                and np.array_equal(self.words, other.words))
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -6,8 +6,9 @@ clients that have not answered are dropouts, and the server moves on with the re
 Masked inputs are added into one running sum as they arrive, so memory is O(d + n*k), never O(n*d).
 
 Limits: the round aborts (``AbortedError``, nothing more revealed) when fewer than
-``min_survivors`` clients remain after stage 0, 1, 2 or 3, or when some client's masks could not
-be removed because fewer than t of its neighbours hold its shares. Stage-4 responders only need
+``min_survivors`` clients remain after stage 0, 1, 2 or 3, when some client's masks could not
+be removed because fewer than t of its neighbours hold its shares, or when the survivors' graph is
+disconnected (the sum of each component would be revealed). Stage-4 responders only need
 to cover every such neighbourhood; the sum covers the stage-2 survivors.
 """
 
@@ -23,12 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import masking, wire
-from .client import keys_signed_bytes, mask_sign, self_mask_commitment, survivors_signed_bytes
+from .client import (keys_signed_bytes, mask_sign, masked_input_signed_bytes, self_mask_commitment,
+                     survivors_signed_bytes)
 from .config import Mode, RoundConfig
 from .excess import excess_owners
 from .errors import (AbortedError, AuthenticationError, DuplicateMessageError, InputError, LocalProtocolError,
-                     RemoteProtocolError, ShamirError, UnexpectedMessageError, UnknownClientError,
-                     WrongSessionError)
+                     RemoteProtocolError, RoundMismatchError, ShamirError, UnexpectedMessageError,
+                     UnknownClientError, WrongSessionError)
 from .hazmat import kex, shamir
 from .hazmat.sign import verify
 from .messages import (CLIENT_TO_SERVER, AdvertiseKeys, ConsistencyRequest, ConsistencySignature,
@@ -96,6 +98,7 @@ class ServerParty:
         msg = wire.decode(message) if isinstance(message, (bytes, bytearray, memoryview)) else message
         if not isinstance(msg, CLIENT_TO_SERVER):
             raise UnexpectedMessageError(f"server got a {type(msg).__name__}, which only clients receive")
+        wire.check_fields(msg)
         if msg.session_id != self.config.session_id:
             raise WrongSessionError(f"server: message of session {msg.session_id.hex()[:16]}…, this round is "
                                     f"{self.config.session_id.hex()[:16]}…")
@@ -150,9 +153,13 @@ class ServerParty:
         cfg = self.config
         if cfg.mode is Mode.ACTIVE:
             verify(cfg.verify_keys[msg.sender], msg.signature,
-                   keys_signed_bytes(cfg.session_id, msg.sender, msg.channel_pk, msg.mask_pk))
+                   keys_signed_bytes(msg.round_digest, msg.sender, msg.channel_pk, msg.mask_pk))
         elif msg.signature:
             raise RemoteProtocolError(f"server: client {msg.sender} signed its keys in semi-honest mode")
+        if msg.round_digest != cfg.round_digest:
+            raise RoundMismatchError(f"server: client {msg.sender} computed round digest "
+                                     f"{msg.round_digest.hex()[:16]}…, the round's is {cfg.round_digest.hex()[:16]}…: "
+                                     f"it holds other round parameters")
         for key in (msg.channel_pk, msg.mask_pk):  # a small-order key fails every agreement, later and elsewhere
             kex.agree(_KEY_CHECK, key)
         self._keys[msg.sender] = msg.peer_keys()
@@ -206,6 +213,11 @@ class ServerParty:
                                       f"{wire.word_dtype(cfg.bits)}")
         if cfg.bits != 8 * words.dtype.itemsize and int(words.max()) >= 1 << cfg.bits:
             raise RemoteProtocolError(f"server: client {msg.sender} sent a word >= 2**{cfg.bits}")
+        if cfg.mode is Mode.ACTIVE:  # a y_u changed in transit is rejected: the client counts as dropped
+            verify(cfg.verify_keys[msg.sender], msg.signature,
+                   masked_input_signed_bytes(cfg.round_digest, msg.sender, words, cfg.bits))
+        elif msg.signature:
+            raise RemoteProtocolError(f"server: client {msg.sender} signed its masked input in semi-honest mode")
         if self._sum is None:
             self._sum = np.zeros(cfg.dim, dtype=wire.word_dtype(cfg.bits))
         np.add(self._sum, words, out=self._sum)
@@ -225,6 +237,11 @@ class ServerParty:
             if holders < t:
                 raise AbortedError(f"client {u}'s masks need t={t} live neighbours, only {holders} remain; "
                                    f"the round is aborted before any share is revealed")
+        parts = cfg.neighbour_graph.components(survivors)
+        if len(parts) > 1:
+            raise AbortedError(f"the survivors' graph is disconnected into {len(parts)} components of sizes "
+                               f"{sorted(map(len, parts))[:10]}: their sums would be revealed; the round is aborted "
+                               f"before any share is revealed")
         self._survivors, self._dropped = survivors, dropped
         if cfg.mode is Mode.ACTIVE:
             return [ConsistencyRequest(cfg.session_id, u, survivors) for u in survivors]
@@ -234,15 +251,21 @@ class ServerParty:
 
     def _on_signature(self, msg: ConsistencySignature) -> None:
         verify(self.config.verify_keys[msg.sender], msg.signature,
-               survivors_signed_bytes(self.config.session_id, self._survivors))
+               survivors_signed_bytes(self.config.round_digest, self._survivors))
         self._signatures[msg.sender] = msg.signature
 
     def _close_signatures(self, live):
         self._require(live, "signed the survivor list")
-        if len(live) < self.config.threshold:
-            raise AbortedError(f"only {len(live)} signatures on the survivor list, fewer than t={self.config.threshold}")
+        cfg, t, signed = self.config, self.config.threshold, set(live)
+        # a client reveals only after t of its own neighbours signed; ask only those who will answer
+        ready = {u for u in live if sum(1 for v in cfg.neighbours(u) if v in signed) >= t}
+        for u in self._survivors + self._dropped:
+            holders = sum(1 for v in cfg.neighbours(u) if v in ready)
+            if holders < t:
+                raise AbortedError(f"client {u}'s masks need t={t} neighbours that can show t neighbour "
+                                   f"signatures on the survivor list, only {holders} can; the round is aborted")
         sigs = tuple(SignedBy(u, self._signatures[u]) for u in live)
-        return [self._unmask_request(u, self._survivors, self._dropped, sigs) for u in live]
+        return [self._unmask_request(u, self._survivors, self._dropped, sigs) for u in sorted(ready)]
 
     # ------------------------------------------------------------------ stage 4
 
@@ -308,22 +331,34 @@ class ServerParty:
         else:  # lexicographic order would spend every try on subsets holding one low-x forged share
             rng = random.Random(hashlib.sha256(self.config.session_id + struct.pack(">IB", owner, kind)).digest())
             subsets = (rng.sample(shares, t) for _ in range(MAX_SUBSET_TRIES))
+        # A subset holding forged shares can still interpolate to the authentic secret (forged
+        # deltas that cancel at x = 0), so of the subsets that pass the check the one whose
+        # polynomial carries the most shares wins (the true one carries every honest share; a wrong
+        # one meets it in at most t - 2 points besides x = 0). Only forged rounds pay for the scan.
+        best: tuple[int, bytes, set[int]] | None = None
         for subset in subsets:
             try:
                 secret = shamir.reconstruct(list(subset), threshold=t)
             except ShamirError:
                 continue
-            if check(secret):
-                good = {s.x for s in subset}
-                bad = set()
-                for s in shares:  # a share is forged if it is off the polynomial through the good ones
-                    if s.x in good:
-                        continue
-                    try:
-                        shamir.reconstruct(list(subset) + [s], threshold=t)
-                    except ShamirError:
-                        bad.add(s.x - 1)
-                return secret, bad
+            if not check(secret):
+                continue
+            good = {s.x for s in subset}
+            bad = set()
+            for s in shares:  # a share is forged if it is off the polynomial through the subset
+                if s.x in good:
+                    continue
+                try:
+                    shamir.reconstruct(list(subset) + [s], threshold=t)
+                except ShamirError:
+                    bad.add(s.x - 1)
+            on = len(shares) - len(bad)
+            if best is None or on > best[0]:
+                best = (on, secret, bad)
+            if not bad:
+                break
+        if best is not None:
+            return best[1], best[2]
         raise AbortedError(f"the shares of client {owner}'s {kind.name} are forged or inconsistent and no "
                            f"authentic subset was found; the round is aborted")
 
@@ -334,7 +369,7 @@ class ServerParty:
         for u in self._survivors:
             commitment = self._commitments[u]
             b, bad = self._reconstruct(u, ShareKind.SELF_MASK,
-                                       lambda s, u=u, c=commitment: self_mask_commitment(cfg.session_id, u, s) == c)
+                                       lambda s, u=u, c=commitment: self_mask_commitment(cfg.round_digest, u, s) == c)
             forged |= bad
             minus.append(b)
         alive = set(self._survivors)

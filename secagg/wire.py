@@ -18,7 +18,7 @@ from .messages import (AdvertiseKeys, ConsistencyRequest, ConsistencySignature, 
                        RevealedShare, ShareKeys, ShareKind, SignedBy, UnmaskRequest, UnmaskResponse)
 
 MAGIC = b"SA"
-VERSION = 1
+VERSION = 2  # v2: round digest in key advertisements, signed masked inputs
 HEADER = struct.Struct(">2sBB32sI")
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64
@@ -35,6 +35,7 @@ def share_plaintext_bytes(excess_noise: bool) -> int:
 def ciphertext_bytes(excess_noise: bool) -> int:
     return share_plaintext_bytes(excess_noise) + 16
 COMMITMENT_BYTES = 32
+DIGEST_BYTES = 32
 MAX_ID = 2**32 - 2
 MAX_DIM = 2**32 - 1
 
@@ -108,11 +109,11 @@ def encode(msg: Message) -> bytes:
     t = msg.type
     head = HEADER.pack(MAGIC, VERSION, int(t), msg.session_id, _party(msg))
     if t is MessageType.ADVERTISE_KEYS:
-        body = msg.channel_pk + msg.mask_pk + bytes([len(msg.signature)]) + msg.signature
+        body = msg.channel_pk + msg.mask_pk + msg.round_digest + bytes([len(msg.signature)]) + msg.signature
     elif t is MessageType.KEYS_BROADCAST:
         body = struct.pack(">I", len(msg.peers)) + b"".join(
-            struct.pack(">I", p.client_id) + p.channel_pk + p.mask_pk + bytes([len(p.signature)]) + p.signature
-            for p in msg.peers)
+            struct.pack(">I", p.client_id) + p.channel_pk + p.mask_pk + p.round_digest
+            + bytes([len(p.signature)]) + p.signature for p in msg.peers)
     elif t in (MessageType.SHARE_KEYS, MessageType.FORWARDED_SHARES):
         body = msg.self_mask_commitment if t is MessageType.SHARE_KEYS else b""
         body += struct.pack(">I", len(msg.shares)) + b"".join(
@@ -124,7 +125,8 @@ def encode(msg: Message) -> bytes:
             packed = memoryview(words).cast("B")
         else:
             packed = pack_words(words, msg.bits)
-        return b"".join((head, struct.pack(">BI", msg.bits, len(words)), packed))
+        return b"".join((head, struct.pack(">BI", msg.bits, len(words)), bytes([len(msg.signature)]),
+                         msg.signature, packed))
     elif t is MessageType.CONSISTENCY_REQUEST:
         body = _ids(msg.survivors)
     elif t is MessageType.CONSISTENCY_SIGNATURE:
@@ -138,6 +140,69 @@ def encode(msg: Message) -> bytes:
     else:  # pragma: no cover - MessageType is closed
         raise InputError(f"unknown message type {t!r}")
     return head + body
+
+
+# ---------------------------------------------------------------- object checks
+
+def _need(ok: bool, msg: Message, field: str, value: object) -> None:
+    if not ok:
+        raise DecodeError(f"{type(msg).__name__}: field {field} has the wrong type or size: {value!r:.60}")
+
+
+def _is_id(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_ID
+
+
+def _is_bytes(v: object, size: int | None = None) -> bool:
+    return isinstance(v, bytes) and (size is None or len(v) == size)
+
+
+def _seq(v: object) -> bool:
+    return isinstance(v, (tuple, list))
+
+
+def check_fields(msg: Message) -> None:
+    """The field types of a message object (the object API skips ``decode``): ids are ints, keys,
+    digests and signatures bytes, lists tuples or lists of the right element class. Lengths and
+    order stay the handlers' business. DecodeError names the first bad field."""
+    _need(_is_bytes(msg.session_id, 32), msg, "session_id", msg.session_id)
+    _need(_is_id(_party(msg)), msg, "sender/receiver", _party(msg))
+    t = msg.type
+    if t in (MessageType.ADVERTISE_KEYS, MessageType.KEYS_BROADCAST):
+        peers = [msg] if t is MessageType.ADVERTISE_KEYS else msg.peers
+        _need(_seq(peers), msg, "peers", peers)
+        for p in peers:
+            _need(isinstance(p, (PeerKeys, AdvertiseKeys)), msg, "peers[]", p)
+            if isinstance(p, PeerKeys):
+                _need(_is_id(p.client_id), msg, "client_id", p.client_id)
+            for name in ("channel_pk", "mask_pk", "round_digest", "signature"):
+                _need(_is_bytes(getattr(p, name)), msg, name, getattr(p, name))
+    elif t in (MessageType.SHARE_KEYS, MessageType.FORWARDED_SHARES):
+        if t is MessageType.SHARE_KEYS:
+            _need(_is_bytes(msg.self_mask_commitment), msg, "self_mask_commitment", msg.self_mask_commitment)
+        _need(_seq(msg.shares), msg, "shares", msg.shares)
+        for s in msg.shares:
+            _need(isinstance(s, EncryptedShare) and _is_id(s.peer) and _is_bytes(s.ciphertext), msg, "shares[]", s)
+    elif t is MessageType.MASKED_INPUT:
+        _need(isinstance(msg.bits, int) and not isinstance(msg.bits, bool), msg, "bits", msg.bits)
+        _need(_is_bytes(msg.signature), msg, "signature", msg.signature)
+    elif t is MessageType.CONSISTENCY_SIGNATURE:
+        _need(_is_bytes(msg.signature), msg, "signature", msg.signature)
+    elif t in (MessageType.CONSISTENCY_REQUEST, MessageType.UNMASK_REQUEST):
+        lists = [("survivors", msg.survivors)]
+        if t is MessageType.UNMASK_REQUEST:
+            lists.append(("dropped", msg.dropped))
+            _need(_seq(msg.signatures), msg, "signatures", msg.signatures)
+            for s in msg.signatures:
+                _need(isinstance(s, SignedBy) and _is_id(s.client_id) and _is_bytes(s.signature),
+                      msg, "signatures[]", s)
+        for name, ids in lists:
+            _need(isinstance(ids, tuple) and all(_is_id(u) for u in ids), msg, name, ids)
+    elif t is MessageType.UNMASK_RESPONSE:
+        _need(_seq(msg.shares), msg, "shares", msg.shares)
+        for s in msg.shares:
+            _need(isinstance(s, RevealedShare) and _is_id(s.owner) and isinstance(s.kind, ShareKind)
+                  and _is_bytes(s.share), msg, "shares[]", s)
 
 
 # ---------------------------------------------------------------- decoding
@@ -232,11 +297,13 @@ def decode(data: bytes) -> Message:
     r.pos = HEADER.size
     if t is MessageType.ADVERTISE_KEYS:
         c, s = r.take(KEY_BYTES, "channel_pk"), r.take(KEY_BYTES, "mask_pk")
-        msg = AdvertiseKeys(session, party, c, s, r.signature("signature", optional=True))
+        msg = AdvertiseKeys(session, party, c, s, r.take(DIGEST_BYTES, "round_digest"),
+                            r.signature("signature", optional=True))
     elif t is MessageType.KEYS_BROADCAST:
-        n = r.count("peer count", 4 + 2 * KEY_BYTES + 1)
+        n = r.count("peer count", 4 + 2 * KEY_BYTES + DIGEST_BYTES + 1)
         peers = tuple(PeerKeys(r.client_id("peer id"), r.take(KEY_BYTES, "channel_pk"),
-                               r.take(KEY_BYTES, "mask_pk"), r.signature("signature", optional=True))
+                               r.take(KEY_BYTES, "mask_pk"), r.take(DIGEST_BYTES, "round_digest"),
+                               r.signature("signature", optional=True))
                       for _ in range(n))
         _check_increasing([p.client_id for p in peers], t.name, "peer ids")
         msg = KeysBroadcast(session, party, peers)
@@ -255,11 +322,12 @@ def decode(data: bytes) -> Message:
         bits, dim = r.u8("bits"), r.u32("dim")
         if not 1 <= bits <= 62 or dim < 1:
             raise DecodeError(f"MASKED_INPUT: bits={bits} or dim={dim} out of range")
+        signature = r.signature("signature", optional=True)
         if packed_size(dim, bits) != len(data) - r.pos:
             raise DecodeError(f"MASKED_INPUT: {len(data) - r.pos} payload bytes, expected "
                               f"{packed_size(dim, bits)} for dim={dim} at {bits} bits")
         words = unpack_words(r.view(packed_size(dim, bits), "words"), dim, bits)
-        msg = MaskedInput(session, party, bits, words)
+        msg = MaskedInput(session, party, bits, words, signature)
     elif t is MessageType.CONSISTENCY_REQUEST:
         msg = ConsistencyRequest(session, party, r.id_list("survivors"))
     elif t is MessageType.CONSISTENCY_SIGNATURE:

@@ -24,7 +24,7 @@ def test_the_config_the_protocol_and_the_estimators_load_nothing_heavy():
 
 
 def test_lazy_names_resolve_on_first_use():
-    code = "import dp, fl_core\nassert dp.AccountantKind.RDP.value == 'rdp'\nassert fl_core.ConfigFieldError"
+    code = "import dp, fl_core\nassert dp.AccountantKind.RDP.value == 'rdp'\nassert fl_core.ConfigFieldError\nassert callable(fl_core.secure_aggregate)"
     assert _loaded_after(code) == []
 
 

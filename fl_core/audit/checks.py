@@ -425,7 +425,8 @@ def audit_run(run_dir, *, use_witness: bool = True, log=print) -> dict:
                     "empirical_epsilon": None, "delta": delta if claimed is not None else cfg.dp.delta,
                     "unit_of_privacy": priv.get("unit_of_privacy"), "rounds_run": priv.get("rounds_run"),
                     "noise_source": priv.get("noise_source"), "mechanisms": priv.get("mechanisms", []),
-                    "budget_epsilon": priv.get("budget_epsilon"), "epsilon_accountant": priv.get("epsilon_accountant")}
+                    "budget_epsilon": priv.get("budget_epsilon"), "epsilon_accountant": priv.get("epsilon_accountant"),
+                    "adjacency": priv.get("adjacency"), "adjacency_means": priv.get("adjacency_means")}
     lc = cfg.local
     report["run_parameters"] = {
         "rounds_planned": cfg.rounds, "num_clients": cfg.data.num_clients,

@@ -34,12 +34,14 @@ def _guarantee_lines(rep: dict) -> list[str]:
         eps = mech.get("epsilon") if isinstance(mech.get("epsilon"), dict) else None
         worst = mech.get("epsilon_worst_client")
         claim = rep.get("theoretical_epsilon")
-        acc = str(rep.get("epsilon_accountant") or "the budget's accountant").upper()
+        acc = str(rep.get("epsilon_accountant")).upper() if rep.get("epsilon_accountant") else "the budget's accountant"
         out.append(f"### {mech['name']}\n")
+        relation = (f"are neighbours under {rep['adjacency']} adjacency ({rep['adjacency_means']})"
+                    if rep.get("adjacency") and rep.get("adjacency_means") else None)
         if unit == "client":
             out.append(f"**Guarantee.** ({fmt(claim)}, {fmt(mech['delta'])})-differential privacy for each "
-                       "client: any two runs whose inputs differ by adding or removing *all* the data of one client "
-                       f"produce every released aggregate (all {mech['parameters']['releases_charged']} releases, "
+                       f"client: any two runs whose inputs "
+                       f"{relation or 'differ by adding or removing *all* the data of one client'} produce every released aggregate (all {mech['parameters']['releases_charged']} releases, "
                        "hence the model) with probabilities within a factor e^epsilon, up to delta. The adversary "
                        "may be the server and every other client; the clients' noise shares and secure aggregation "
                        "are trusted to run as specified.\n")
@@ -50,7 +52,8 @@ def _guarantee_lines(rep: dict) -> list[str]:
             out.append(f"| **reported** (privacy.json, {acc}) | {fmt(claim)} |\n")
         else:
             out.append(f"**Guarantee.** ({fmt(claim if claim is not None else worst)}, {fmt(mech['delta'])})-differential privacy for each training "
-                       "example: adding or removing one example of any one client changes the distribution of "
+                       f"example: any two training sets of one client that "
+                       f"{relation or 'differ by adding or removing one example'} change the distribution of "
                        "everything that client sends (hence of the model) by at most e^epsilon, up to delta. "
                        "Epsilon is composed per client over the steps it trained; the claim is the worst client's. "
                        "Each client's DP-SGD noise is its own: it holds even against the server.\n")

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from fl_core.errors import CheckpointError
+from fl_core.run import rundir
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -50,7 +51,7 @@ __all__ = [
     "set_rng_states",
 ]
 
-CHECKPOINT_NAME = "checkpoint.flck"
+CHECKPOINT_NAME = rundir.CHECKPOINT_FILE  # "checkpoint.flck"
 MAGIC = b"FLCKPT01"
 _HEADER = struct.Struct(">8sQ32s")
 _RESERVED = ("__array__", "__tuple__")
@@ -190,7 +191,16 @@ def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"no checkpoint at {str(path)!r}") from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from e
-    return decode_state(blob)
+    try:
+        return decode_state(blob)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} is damaged: {e}. {DAMAGED_ADVICE}") from e
+
+
+#: What a user can do about a damaged checkpoint (the run directory's privacy ledger is kept either way).
+DAMAGED_ADVICE = ("Restore the file from a backup and resume, or start a new run in another directory "
+                  "(`fl-core run --config FILE --out NEW_DIR`); the privacy already spent stays recorded in "
+                  "the run directory's privacy_ledger.jsonl.")
 
 
 # --------------------------------------------------------------------------- RNG states

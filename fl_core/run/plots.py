@@ -46,7 +46,14 @@ def plot_run(path: Path, *, metrics: list[dict], title: str, target_epsilon: flo
         p.plot(xs, [clients[i]["global_accuracy"] for i in order], "o", ms=4, label="global model")
         p.plot(xs, [clients[i]["personalized_accuracy"] for i in order], "^", ms=4, label="personalized")
         p.set_xticks(list(xs), [str(clients[i]["client"]) for i in order], fontsize=6)
-        p.set_xlabel("client (sorted by global accuracy)"), p.set_ylabel("accuracy on own test split")
+        least = personalization.get("worst10_min_test_examples")
+        xlabel = "client (sorted by global accuracy)"
+        if least is not None:  # clients the worst-10% figure leaves out: too few test examples to judge
+            for tick, i in zip(p.get_xticklabels(), order):
+                if clients[i]["test_examples"] < least:
+                    tick.set_color("0.6")
+            xlabel += f"; grey: < {least} test examples"
+        p.set_xlabel(xlabel), p.set_ylabel("accuracy on own test split")
         p.set_ylim(0, 1.05), p.grid(alpha=0.3), p.legend(loc="lower right", fontsize=8)
         p.set_title("personalization", fontsize=10)
     for name in ("test accuracy", "epsilon"):

@@ -69,6 +69,8 @@ def reported_epsilon(tracker: BudgetTracker, tightest: float) -> dict:
         out["epsilon_accountant_requested"] = res.requested.value
     if res.note:
         out["epsilon_note"] = res.note
+    if res.adjacency is not None:  # the neighbouring relation this epsilon is proved for
+        out["adjacency"], out["adjacency_means"] = res.adjacency.value, res.adjacency.words
     return out
 
 

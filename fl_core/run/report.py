@@ -66,11 +66,13 @@ class RunSummary:
 
 
 def write_outputs(cfg, out: Path, *, model, data, metrics, privacy, personalization, stopped_by_budget,
-                  log) -> RunSummary:
+                  log, guard_rails: list[dict] | None = None) -> RunSummary:
     from fl_core.run.runreport import epsilon_line, write_report
 
     torch.save(model.state_dict(), out / rundir.MODEL)
     rec = privacy_record(cfg, privacy, metrics)
+    if guard_rails is not None:
+        rec["guard_rails"] = guard_rails  # checked at start (fl_core.run.guardrails)
     if personalization is not None:
         rundir.write_json(out / rundir.PERSONALIZATION, personalization.as_dict())
     rundir.write_json(out / rundir.PRIVACY, rec)

@@ -145,9 +145,13 @@ def _privacy_section(rep: RunReport) -> list[str]:
               "only the sum of the survivors' updates, and that sum is not protected by any ε."), ""]
     else:
         mech = (p.get("mechanisms") or [{}])[0]
-        adjacency = mech.get("adjacency") or p.get("adjacency")
-        relation = (adjacency if isinstance(adjacency, str) else json.dumps(adjacency)) if adjacency else (
-            f"add or remove one {rep.unit}'s data (the accountants' relation, docs/accounting.md)")
+        adjacency = p.get("adjacency") or mech.get("adjacency")
+        if adjacency:
+            relation = adjacency if isinstance(adjacency, str) else json.dumps(adjacency)
+            if p.get("adjacency_means"):
+                relation += f": {p['adjacency_means']}"
+        else:
+            relation = "not recorded in privacy.json (docs/accounting.md states each accountant's relation)"
         L += [f"**{epsilon_line(p)}.**", "",
               "| | |", "|---|---|",
               f"| ε | {_f(p.get('epsilon'))} |", f"| δ | {p.get('delta'):g} |",

@@ -4,6 +4,7 @@ the run seed."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import os
@@ -19,7 +20,7 @@ from fl_core.errors import ConfigFieldError, bad_field
 from fl_core.learn.data import FederatedDataset
 from fl_core.learn.params import load_pretrained, matches_prefix
 
-__all__ = ["as_run_config", "build_data_and_model", "load_run_data", "resolve_object", "derive_seed", "int_seed"]
+__all__ = ["as_run_config", "build_data_and_model", "fit_to_data", "load_run_data", "resolve_object", "derive_seed", "int_seed"]
 
 
 def derive_seed(seed: int, *parts) -> bytes:
@@ -84,6 +85,14 @@ def _custom_model(factory, field: str, spec, seed: int) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise bad_field(field, spec, f"returned a {type(model).__name__}; must return a torch.nn.Module")
     return model
+
+
+def fit_to_data(cfg: RunConfig, data: FederatedDataset) -> RunConfig:
+    """``cfg`` with ``data.num_clients`` set to the given data's client count, checked again (so
+    that ``clients_per_round``, ``dp.delta`` and the rest are checked against the real clients)."""
+    if data.num_clients == cfg.data.num_clients:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_clients=data.num_clients))
 
 
 def _check_personal_layers(cfg: RunConfig, net: nn.Module) -> None:

@@ -74,17 +74,19 @@ def rule_dropout(n: int, spec: SecureRoundSpec) -> float:
     return max(min(0.9, p + 3 * math.sqrt(p * (1 - p) / n) + (1 / n if p > 0 else 0)), 0.01)
 
 
-def graph_parameters(n: int, spec: SecureRoundSpec) -> tuple[GraphKind, int, int]:
+def graph_parameters(n: int, spec: SecureRoundSpec, *, active: bool = False) -> tuple[GraphKind, int, int]:
     """(graph, k, t) for a round of n clients: explicit values, else the SecAgg+ rule.
 
     The rule counts at most ceil(dropout * n) dropouts; simulated dropouts are Bernoulli per
-    client, so the rule is given the rate plus three binomial standard deviations."""
+    client, so the rule is given the rate plus three binomial standard deviations. ``active``:
+    the active-server rule (2t > k, secagg.graph.choose_k_t(active=True)); t >= 2 always, which
+    secagg.RoundConfig enforces."""
     if spec.graph is GraphKind.COMPLETE or n <= 3:
         k = n - 1
         t = math.ceil(spec.threshold_fraction * k) if spec.threshold_fraction else k // 2 + 1
-        return GraphKind.COMPLETE, k, max(1, min(t, k))
+        return GraphKind.COMPLETE, k, max(2, min(t, k))
     try:
-        k_auto, t_auto = choose_k_t(n, dropout=rule_dropout(n, spec), corrupt=spec.corrupt)
+        k_auto, t_auto = choose_k_t(n, dropout=rule_dropout(n, spec), corrupt=spec.corrupt, active=active)
     except ConfigError:
         k_auto, t_auto = n - 1, (n - 1) // 2 + 1
     k = min(spec.k if spec.k is not None else k_auto, n - 1)
@@ -92,7 +94,7 @@ def graph_parameters(n: int, spec: SecureRoundSpec) -> tuple[GraphKind, int, int
         k -= 1
     t = math.ceil(spec.threshold_fraction * k) if spec.threshold_fraction else min(t_auto, k)
     kind = GraphKind.COMPLETE if k >= n - 1 else GraphKind.SPARSE
-    return kind, k, max(1, min(t, k))
+    return kind, k, max(2, min(t, k))
 
 
 def dropout_schedule(ids, probs: Mapping[ProtocolStage, float], rng: np.random.Generator) -> DropoutSchedule:

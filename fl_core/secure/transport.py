@@ -44,7 +44,8 @@ from fl_core.secure.inputs import (InputKind, InputSpec, ddg_plan, decode_aggreg
 
 __all__ = ["Step", "InputKind", "InputSpec", "RoundSetup", "StepResult", "Exchange", "ServerRoundStats",
            "encode_input", "decode_aggregate", "known_words", "check_setup", "client_begin", "client_step",
-           "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION", "NodePolicy", "STEP_OF_STAGE"]
+           "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION", "NodePolicy", "saved_setup",
+           "STEP_OF_STAGE"]
 
 SETUP_VERSION = 1
 _STATE_MAGIC = b"SAfs"  # client state: setup bytes + ClientParty.to_state()
@@ -215,21 +216,32 @@ def _unpack_state(state: bytes) -> tuple[bytes, bytes]:
     return state[8:8 + n], state[8 + n:]
 
 
-def client_begin(setup: RoundSetup, *, client_id: int, words: np.ndarray, signing_key: SigningKey | None = None,
-                 randbytes: Callable[[int], bytes] = os.urandom) -> StepResult:
-    """Start this client's round with its encoded words: the AdvertiseKeys reply and the state."""
+def client_begin(setup: RoundSetup, *, client_id: int, words: np.ndarray | None = None,
+                 signing_key: SigningKey | None = None, randbytes: Callable[[int], bytes] = os.urandom) -> StepResult:
+    """Start this client's round: the AdvertiseKeys reply and the state. ``words`` (the encoded
+    input) may come now or with the shares step (``client_step(..., words=...)``), so a carrier
+    need not keep the input between messages."""
     party = ClientParty(setup.config, client_id, words, signing_key=signing_key, randbytes=randbytes)
     reply = wire.encode(party.start())
     return StepResult(reply, _pack_state(setup.to_bytes(), party.to_state()))
 
 
-def client_step(state: bytes, message: bytes, *, signing_key: SigningKey | None = None) -> StepResult:
-    """Handle one server message. A rejected message leaves the state as it was; a refused request
-    aborts the party for good (the returned state says so)."""
+def saved_setup(state: bytes) -> RoundSetup:
+    """The round setup a client's saved state belongs to."""
+    return RoundSetup.from_bytes(_unpack_state(state)[0])
+
+
+def client_step(state: bytes, message: bytes, *, signing_key: SigningKey | None = None,
+                words: np.ndarray | None = None) -> StepResult:
+    """Handle one server message; ``words``: the input, if not given to ``client_begin``, before the
+    message that asks for the masked input. A rejected message leaves the state as it was; a
+    refused request aborts the party for good (the returned state says so)."""
     setup_bytes, party_bytes = _unpack_state(state)
     setup = RoundSetup.from_bytes(setup_bytes)
     party = ClientParty.from_state(setup.config, party_bytes, signing_key=signing_key)
     try:
+        if words is not None:
+            party.set_input(words)
         reply = wire.encode(party.receive(message))
     except SecAggError as e:
         return StepResult(None, _pack_state(setup_bytes, party.to_state()), e)

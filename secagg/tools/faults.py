@@ -6,10 +6,10 @@ truncation, extension, a forged session id, replays of this or an earlier sessio
 delivery to the wrong client). Every trial must end with the exact sum or a typed abort:
 
 - ``exact``: the server's sum equals the plain sum of its survivors' inputs.
-- ``exact_altered_input``: a masked input was changed in transit and accepted. The protocol has no
-  integrity check on y_u (a changed y_u is indistinguishable from a client that chose another
-  input), so the check is the plain sum plus exactly the change the server accepted
-  (accepted y_u - genuine y_u). Every other field of every message is authenticated or cross-checked.
+- ``exact_altered_input``: a masked input was changed in transit and accepted (semi-honest mode
+  only: there y_u has no integrity check, and a changed y_u is indistinguishable from a client that
+  chose another input), so the check is the plain sum plus exactly the change the server accepted
+  (accepted y_u - genuine y_u). In active mode y_u is signed: an accepted change is ``wrong``.
 - ``aborted``: the server raised ``AbortedError`` and returned no sum.
 - ``wrong``: any other sum, a sum over fewer than ``min_survivors``, a client revealing both kinds
   of share of one peer to the point of reconstruction (``leaked``), or an honest client named as a
@@ -42,7 +42,7 @@ import numpy as np
 from secagg import wire
 from secagg.client import ClientParty
 from secagg.config import GraphKind, Mode, RoundConfig
-from secagg.errors import AbortedError, RefusedRequestError, RemoteProtocolError, SecAggError
+from secagg.errors import AbortedError, RefusedRequestError, RemoteProtocolError, RoundMismatchError, SecAggError
 from secagg.hazmat.sign import SigningKey
 from secagg.driver import drive
 from secagg.messages import MaskedInput, Message, ShareKind, UnmaskResponse, party_of
@@ -130,6 +130,9 @@ class RoundReport:
             return out
         if not np.array_equal(res.aggregate, self.expected_sum()):
             out.append("aggregate differs from the plain sum of the survivors")
+        if cfg.mode is Mode.ACTIVE and any(not np.array_equal(self.accepted_inputs[u], self.genuine_inputs[u])
+                                           for u in res.survivors):
+            out.append("an altered masked input was accepted in active mode (y_u is signed there)")
         accused = set(res.forged_shares_from) - self.altered_unmask_senders
         if accused:
             out.append(f"honest clients {sorted(accused)} named as forgers")
@@ -223,7 +226,7 @@ def run_round(config: RoundConfig, inputs: Mapping[int, np.ndarray], *,
             reply = c.receive(env.data)
         except (RemoteProtocolError, AbortedError) as e:
             rep.rejections[type(e).__name__] += 1
-            if isinstance(e, (RefusedRequestError, AbortedError)):
+            if isinstance(e, (RefusedRequestError, RoundMismatchError, AbortedError)):
                 rep.client_aborts += 1
             elif c.stage is not before:
                 rep.crashes.append(f"client {c.id} changed stage {before.value} -> {c.stage.value} on a rejected message")
@@ -329,11 +332,12 @@ class TrialSpec:
     mode: Mode
     dropout: float
     fault_rate: float
+    corrupt_neighbours: int = 0
 
     def describe(self) -> dict:
         return {"index": self.index, "n": self.n, "graph": self.graph.value, "k": self.k, "t": self.threshold,
                 "min_survivors": self.min_survivors, "bits": self.bits, "dim": self.dim, "mode": self.mode.value,
-                "dropout": round(self.dropout, 3), "fault_rate": round(self.fault_rate, 3)}
+                "c": self.corrupt_neighbours, "dropout": round(self.dropout, 3), "fault_rate": round(self.fault_rate, 3)}
 
 
 def draw_trial(rng: np.random.Generator, index: int, *, max_n: int = 60) -> TrialSpec:
@@ -342,9 +346,12 @@ def draw_trial(rng: np.random.Generator, index: int, *, max_n: int = 60) -> Tria
     graph = GraphKind.SPARSE if n >= 5 and rng.random() < 0.5 else GraphKind.COMPLETE
     k = int(rng.choice(np.arange(2, min(n - 2, 16) + 1, 2))) if graph is GraphKind.SPARSE else None
     degree = n - 1 if k is None else k
-    return TrialSpec(index=index, n=n, graph=graph, k=k, threshold=int(rng.integers(1, degree + 1)),
+    mode = Mode.ACTIVE if rng.random() < 0.5 else Mode.SEMI_HONEST
+    c = int(rng.integers(0, max(1, degree // 3))) if mode is Mode.ACTIVE else 0
+    lowest = (degree + c) // 2 + 1 if mode is Mode.ACTIVE else 2   # the rules RoundConfig enforces
+    return TrialSpec(index=index, n=n, graph=graph, k=k, threshold=int(rng.integers(lowest, degree + 1)),
                      min_survivors=2 + int(rng.beta(1, 3) * (n - 2)), bits=int(rng.choice(BITS_CHOICES)),
-                     dim=int(rng.integers(8, 65)), mode=Mode.ACTIVE if rng.random() < 0.5 else Mode.SEMI_HONEST,
+                     dim=int(rng.integers(8, 65)), mode=mode, corrupt_neighbours=c,
                      dropout=float(rng.uniform(0, 0.3)) if rng.random() < 0.7 else 0.0,
                      fault_rate=float(rng.uniform(0, 0.1)) if rng.random() < 0.8 else 0.0)
 
@@ -360,7 +367,7 @@ def run_trial(seed: int, index: int, *, old_session: Sequence[Envelope] = (), ma
     cfg = RoundConfig.new(client_ids=ids, dim=spec.dim, bits=spec.bits, threshold=spec.threshold,
                           min_survivors=spec.min_survivors, graph=spec.graph, k=spec.k,
                           verify_keys={u: k.public for u, k in keys.items()} if keys else None,
-                          session_id=rng.bytes(32))
+                          session_id=rng.bytes(32), max_corrupt_neighbours=spec.corrupt_neighbours)
     dtype = wire.word_dtype(spec.bits)
     inputs = {u: rng.integers(0, 2**spec.bits, size=spec.dim, dtype=np.uint64).astype(dtype) for u in ids}
     dropouts = DropoutSchedule.random(ids, fraction=spec.dropout, rng=rng)

@@ -10,7 +10,7 @@ from secagg.simulate import DropoutSchedule, ProtocolStage
 
 
 def make_round(n, *, dim=16, bits=32, t=None, k=None, graph=GraphKind.COMPLETE, min_survivors=None,
-               active=False, seed=0, ids=None):
+               active=False, seed=0, ids=None, insecure=False, c=0):
     ids = list(range(n)) if ids is None else ids
     keys = {u: SigningKey.generate() for u in ids} if active else None
     if graph is GraphKind.COMPLETE:
@@ -22,11 +22,28 @@ def make_round(n, *, dim=16, bits=32, t=None, k=None, graph=GraphKind.COMPLETE, 
                           min_survivors=min_survivors if min_survivors is not None else 2,
                           graph=graph, k=k if graph is GraphKind.SPARSE else None,
                           verify_keys={u: keys[u].public for u in ids} if active else None,
-                          session_id=bytes([seed % 256]) * 32)
+                          session_id=bytes([seed % 256]) * 32, max_corrupt_neighbours=c,
+                          insecure_weak_threshold=insecure)
     rng = np.random.default_rng(seed)
     dtype = np.uint32 if bits <= 32 else np.uint64
     inputs = {u: rng.integers(0, 2**bits, size=dim, dtype=np.uint64).astype(dtype) for u in ids}
     return cfg, inputs, keys
+
+
+def _connected(members, N) -> bool:
+    """Plain BFS over the induced subgraph (independent of graph.components)."""
+    members = set(members)
+    if not members:
+        return True
+    start = next(iter(members))
+    seen, todo = {start}, [start]
+    while todo:
+        u = todo.pop()
+        for v in N[u] & members:
+            if v not in seen:
+                seen.add(v)
+                todo.append(v)
+    return seen == members
 
 
 def expected_outcome(cfg: RoundConfig, schedule: DropoutSchedule):
@@ -48,10 +65,16 @@ def expected_outcome(cfg: RoundConfig, schedule: DropoutSchedule):
         return None
     if any(len(N[u] & u3) < t for u in u2):
         return None  # some mask could never be removed: abort before any share is revealed
+    if not _connected(u3, N):
+        return None  # each component's sum would be revealed
     responders = u3
     if cfg.mode is Mode.ACTIVE:
-        responders = alive(ProtocolStage.CONSISTENCY) & u3
-        if len(responders) < max(m, t):
+        signers = alive(ProtocolStage.CONSISTENCY) & u3
+        if len(signers) < m:
+            return None
+        # a client reveals only after t of its own neighbours signed the list
+        responders = {u for u in signers if len(N[u] & signers) >= t}
+        if any(len(N[u] & responders) < t for u in u2):
             return None
     responders = alive(ProtocolStage.UNMASK) & responders
     if any(len(N[u] & responders) < t for u in u2):

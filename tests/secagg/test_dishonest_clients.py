@@ -118,8 +118,8 @@ def test_impostor_advertising_keys_for_a_taken_id(active):
     impostor_key = SigningKey.from_private(rng.bytes(32))
 
     def impostor(m, raw):
-        sig = impostor_key.sign(client_mod.keys_signed_bytes(m.session_id, 1, imp[0].public, imp[1].public)) if active else b""
-        return AdvertiseKeys(m.session_id, 1, imp[0].public, imp[1].public, sig)
+        sig = impostor_key.sign(client_mod.keys_signed_bytes(m.round_digest, 1, imp[0].public, imp[1].public)) if active else b""
+        return AdvertiseKeys(m.session_id, 1, imp[0].public, imp[1].public, m.round_digest, sig)
     rep = run_round(cfg, inputs, signing_keys=keys, network=at(ProtocolStage.KEYS, 1, after=True)(impostor))
     assert rep.hostile_results == ["DuplicateMessageError"]
     assert_exact_with_everyone(rep, cfg)
@@ -142,7 +142,7 @@ def test_client_copying_another_clients_keys_is_caught_by_its_neighbours():
             first[3] = wire.decode(env.data)
         if env.stage is ProtocolStage.KEYS and env.connection == 4:
             m3 = first[3]
-            return (dataclasses.replace(env, data=AdvertiseKeys(m3.session_id, 4, m3.channel_pk, m3.mask_pk)),)
+            return (dataclasses.replace(env, data=AdvertiseKeys(m3.session_id, 4, m3.channel_pk, m3.mask_pk, m3.round_digest)),)
         return (env,)
     rep = run_round(cfg, inputs, network=network)
     assert rep.outcome() == "aborted" and not rep.crashes
@@ -264,7 +264,8 @@ def test_client_keeps_its_input_after_rejecting_shares_it_cannot_use():
     four._mask = kex.KeyPair(four._mask.private, bytes(32))  # client 4 advertises, and binds, a small-order key
     bcast = next(m for m in pending if m.receiver == 0)
     bcast = KeysBroadcast(bcast.session_id, 0, tuple(PeerKeys(p.client_id, p.channel_pk, bytes(32) if p.client_id == 4
-                                                               else p.mask_pk, b"") for p in bcast.peers))
+                                                               else p.mask_pk, p.round_digest, b"")
+                                                      for p in bcast.peers))
     share_msgs = {0: clients[0].receive(bcast)}
     share_msgs.update({m.receiver: clients[m.receiver].receive(m) for m in pending if m.receiver != 0})
     forwarded = [m for sm in share_msgs.values() for m in server.receive(sm)]

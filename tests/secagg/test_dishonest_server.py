@@ -19,7 +19,7 @@ import pytest
 from secagg import client as client_mod, wire
 from secagg.client import ClientParty, bound_share_key, mask_sign
 from secagg.config import GraphKind
-from secagg.errors import (AuthenticationError, InsufficientSharesError, RefusedRequestError,
+from secagg.errors import (AuthenticationError, ConfigError, InsufficientSharesError, RefusedRequestError,
                            UnexpectedMessageError)
 from secagg.tools.faults import run_round
 from secagg.hazmat import aead, kex, prg, shamir
@@ -34,9 +34,9 @@ from .helpers import make_round
 class Manual:
     """One round stepped by hand; the test plays the server's part wherever it wants to lie."""
 
-    def __init__(self, n, *, t, active, graph=GraphKind.COMPLETE, k=None, seed=0, dim=16, bits=32):
+    def __init__(self, n, *, t, active, graph=GraphKind.COMPLETE, k=None, seed=0, dim=16, bits=32, insecure=False):
         self.cfg, self.inputs, self.keys = make_round(n, t=t, active=active, graph=graph, k=k, seed=seed,
-                                                      dim=dim, bits=bits)
+                                                      dim=dim, bits=bits, insecure=insecure)
         self.clients = {u: ClientParty(self.cfg, u, self.inputs[u], signing_key=self.keys[u] if active else None)
                         for u in self.cfg.client_ids}
         self.server = ServerParty(self.cfg)
@@ -80,42 +80,47 @@ def shares_of(responses, owner, kind):
 
 # ------------------------------------------------------------------ different survivor lists
 
-@pytest.mark.parametrize("t,attack_works", [(3, True), (4, False)])
+def test_split_survivor_lists_need_a_threshold_the_config_refuses():
+    """n = 7, complete graph (k = 6): t = 3 has 2t <= k, so RoundConfig refuses active mode."""
+    with pytest.raises(ConfigError, match=r"2t > k \+ c.*t >= 4"):
+        make_round(7, t=3, active=True)
+
+
+@pytest.mark.parametrize("t,attack_works", [(2, True), (4, False)])
 def test_split_survivor_lists_active_mode(t, attack_works):
-    """n = 7, complete graph (k = 6): the server shows v = 0 as a survivor to A = {0,1,2,3} and as
-    dropped to B = {4,5,6}, to collect b_0 shares from A and s_0^SK shares from B. Each group must
-    hand the server t signatures on its own list. With t = 4 (2t > k) group B has only 3: its clients
-    refuse, and the server is left with 3 < t shares of b_0 and none of s_0^SK. With t = 3 both
-    groups reach t and the attack recovers x_0: stage 3 protects only when 2t > k + c_v."""
-    r = Manual(7, t=t, active=True, seed=10 + t)
+    """n = 7, complete graph (k = 6): the server shows v = 0 as a survivor to A and as dropped to B,
+    to collect b_0 shares from A and s_0^SK shares from B. Each client of a group must see t
+    signatures of its own neighbours on its own list (its own does not count). t = 4 (2t > k):
+    nobody in A = {0..3} or B = {4,5,6} sees 4 others of its group, every client refuses, and the
+    server holds no share of b_0 or s_0^SK. t = 2 (2t <= k, allowed only by the explicitly insecure
+    test setting) with A = {0,1,2}, B = {3..6}: both groups reach t and x_0 is recovered."""
+    r = Manual(7, t=t, active=True, seed=10 + t, insecure=attack_works)
     sid = r.cfg.session_id
     assert all(isinstance(m, ConsistencyRequest) for m in r.honest_until_inputs())
     everyone = r.cfg.client_ids
     without_0 = tuple(u for u in everyone if u != 0)
-    A, B = (0, 1, 2, 3), (4, 5, 6)
+    A, B = ((0, 1, 2), (3, 4, 5, 6)) if attack_works else ((0, 1, 2, 3), (4, 5, 6))
     sig_a = [SignedBy(u, r.ask(ConsistencyRequest(sid, u, everyone)).signature) for u in A]
     sig_b = [SignedBy(u, r.ask(ConsistencyRequest(sid, u, without_0)).signature) for u in B]
-    b_responses = [r.ask(UnmaskRequest(sid, u, everyone, (), tuple(sig_a))) for u in (1, 2, 3)]
-    sk_responses = []
-    if attack_works:
-        sk_responses = [r.ask(UnmaskRequest(sid, u, without_0, (0,), tuple(sig_b))) for u in B]
-    else:
-        with pytest.raises(RefusedRequestError, match="differs from the one it signed"):
-            r.ask(UnmaskRequest(sid, 4, everyone, (), tuple(sig_a)))          # B signed the other list
-        for u in (5, 6):
-            with pytest.raises(RefusedRequestError, match="3 valid signatures"):
-                r.ask(UnmaskRequest(sid, u, without_0, (0,), tuple(sig_a + sig_b)))  # A's do not count for L2
+    b_responses, sk_responses = [], []
+    for group, survivors, dropped, seen, out in [(A[1:], everyone, (), len(A) - 1, b_responses),
+                                                 (B, without_0, (0,), len(B) - 1, sk_responses)]:
+        for u in group:
+            request = UnmaskRequest(sid, u, survivors, dropped, tuple(sorted(sig_a + sig_b, key=lambda s: s.client_id)))
+            if attack_works:
+                out.append(r.ask(request))
+            else:
+                with pytest.raises(RefusedRequestError, match=f"client {u}: {seen} valid signatures"):
+                    r.ask(request)
     b_shares = shares_of(b_responses, 0, ShareKind.SELF_MASK)
     sk_shares = shares_of(sk_responses, 0, ShareKind.MASK_KEY)
-    assert len(b_shares) == 3 and len(sk_shares) == (3 if attack_works else 0)
     if attack_works:
+        assert len(b_shares) == 2 and len(sk_shares) == 4
         b = shamir.reconstruct(b_shares, threshold=t)
-        sk = shamir.reconstruct(sk_shares, threshold=t)
+        sk = shamir.reconstruct(sk_shares[:t], threshold=t)
         np.testing.assert_array_equal(recover_input(r, 0, b, sk), r.inputs[0])
     else:
-        for shares in (b_shares, sk_shares):
-            with pytest.raises(InsufficientSharesError):
-                shamir.reconstruct(shares, threshold=t)
+        assert b_shares == sk_shares == []
 
 
 @pytest.mark.parametrize("t,attack_works", [(3, True), (4, False)])
@@ -215,12 +220,14 @@ def test_earlier_session_replayed_is_rejected_and_the_round_is_exact(active):
 
 # (stage, to_server) -> what a session-1 message with session 2's id written into its header does.
 # "rejected": the named error; "forger": accepted, then caught as a forged share at reconstruction;
-# "altered": accepted and undetectable (y_u has no MAC; see docs/security_testing.md).
+# "altered": accepted and undetectable (semi-honest mode: y_u is signed only in active mode).
+# RoundMismatchError: the old message carries session 1's round digest (rejected by the server;
+# a client seeing it in a neighbour's advertisement aborts, and counts as a dropout).
 REWRITTEN_REPLAY = {
-    (ProtocolStage.KEYS, True): {True: "AuthenticationError", False: None},
-    (ProtocolStage.SHARES, False): {True: "AuthenticationError", False: None},
+    (ProtocolStage.KEYS, True): {True: "RoundMismatchError", False: "RoundMismatchError"},
+    (ProtocolStage.SHARES, False): {True: "RoundMismatchError", False: "RoundMismatchError"},
     (ProtocolStage.MASKED_INPUT, False): {True: "AuthenticationError", False: "AuthenticationError"},
-    (ProtocolStage.MASKED_INPUT, True): {True: "altered", False: "altered"},
+    (ProtocolStage.MASKED_INPUT, True): {True: "AuthenticationError", False: "altered"},
     (ProtocolStage.CONSISTENCY, True): {True: "AuthenticationError"},
     (ProtocolStage.UNMASK, False): {True: "RefusedRequestError", False: None},
     (ProtocolStage.UNMASK, True): {True: "forger", False: "forger"},
@@ -253,7 +260,9 @@ def test_earlier_session_with_rewritten_header_is_caught_by_the_cryptography(act
         assert rep.result.forged_shares_from == (1,)
     elif expect is not None:
         assert rep.hostile_results == [expect]
-        if expect != "RefusedRequestError":
+        if expect == "RoundMismatchError" and not to_server:
+            assert rep.outcome() == "exact" and 1 not in rep.result.survivors   # client 1 aborted
+        elif expect != "RefusedRequestError":
             assert rep.outcome() == "exact" and rep.result.survivors == cfg2.client_ids
 
 
@@ -287,7 +296,7 @@ def _fake_peer_keys(r: Manual, w: int, rng):
     """The server's own key pairs, advertised to w as the keys of each of w's neighbours."""
     fakes = {v: (kex.KeyPair.from_private(rng.bytes(32)), kex.KeyPair.from_private(rng.bytes(32)))
              for v in r.cfg.neighbours(w)}
-    return fakes, KeysBroadcast(r.cfg.session_id, w, tuple(PeerKeys(v, c.public, s.public, bytes(64) if r.keys else b"")
+    return fakes, KeysBroadcast(r.cfg.session_id, w, tuple(PeerKeys(v, c.public, s.public, r.cfg.round_digest, bytes(64) if r.keys else b"")
                                                          for v, (c, s) in sorted(fakes.items())))
 
 
@@ -308,13 +317,14 @@ def test_swapped_keys_man_in_the_middle_semi_honest_mode_reads_one_input():
         c, m = fakes[s.peer]
         key = bound_share_key(kex.share_key(c.private, w_channel_pk, session_id=sid, u=s.peer, v=w),
                               session_id=sid, u=s.peer, u_mask_pk=m.public, v=w, v_mask_pk=w_mask_pk)
-        plain = aead.open_(key, s.ciphertext, session_id=sid, stage=1, sender=w, receiver=s.peer)
+        plain = aead.open_(key, s.ciphertext, round_digest=r.cfg.round_digest, stage=1, sender=w, receiver=s.peer)
         sk_shares.append(shamir.Share.from_bytes(plain[8:45]))
         b_shares.append(shamir.Share.from_bytes(plain[45:]))
         # shares "from" each fake neighbour, so that w goes on to mask its input
         junk = shamir.split(bytes(32), threshold=1, xs=[w + 1])[0].to_bytes()
         forwarded.append(EncryptedShare(s.peer, aead.seal(key, struct.pack(">II", s.peer, w) + junk + junk,
-                                                          session_id=sid, stage=1, sender=s.peer, receiver=w)))
+                                                          round_digest=r.cfg.round_digest, stage=1, sender=s.peer,
+                                                          receiver=w)))
     y = r.clients[w].receive(wire.encode(ForwardedShares(sid, w, tuple(forwarded))))
     b, sk = shamir.reconstruct(b_shares, threshold=3), shamir.reconstruct(sk_shares, threshold=3)
     words = y.words.copy()

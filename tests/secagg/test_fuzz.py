@@ -50,7 +50,7 @@ def masked_inputs(draw):
     dim = draw(st.integers(1, 70))
     seed = draw(st.integers(0, 2**32 - 1))
     words = np.random.default_rng(seed).integers(0, 2**bits, size=dim, dtype=np.uint64).astype(wire.word_dtype(bits))
-    return MaskedInput(draw(session), draw(ids), bits, words)
+    return MaskedInput(draw(session), draw(ids), bits, words, draw(opt_sig))
 
 
 def _sorted_by(items, key):
@@ -68,8 +68,8 @@ ciphertext = st.binary(min_size=wire.CIPHERTEXT_BYTES, max_size=wire.CIPHERTEXT_
 opt_sig = st.one_of(st.just(b""), sig)
 
 messages = st.one_of(
-    st.builds(AdvertiseKeys, session, ids, key32, key32, opt_sig),
-    st.builds(KeysBroadcast, session, ids, st.lists(st.builds(PeerKeys, ids, key32, key32, opt_sig), max_size=4)
+    st.builds(AdvertiseKeys, session, ids, key32, key32, key32, opt_sig),
+    st.builds(KeysBroadcast, session, ids, st.lists(st.builds(PeerKeys, ids, key32, key32, key32, opt_sig), max_size=4)
               .map(lambda ps: _sorted_by(ps, lambda p: p.client_id))),
     st.builds(ShareKeys, session, ids, key32, st.lists(st.builds(EncryptedShare, ids, ciphertext), max_size=3)
               .map(lambda ss: _sorted_by(ss, lambda s: s.peer))),

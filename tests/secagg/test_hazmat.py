@@ -143,17 +143,17 @@ def test_low_order_point_is_rejected():
 
 def test_aead_round_trip_and_binding():
     key, session = bytes([9] * 32), bytes([1] * 32)
-    ct = aead.seal(key, b"shares", session_id=session, stage=1, sender=3, receiver=4)
-    assert aead.open_(key, ct, session_id=session, stage=1, sender=3, receiver=4) == b"shares"
-    for changed in [dict(session_id=bytes(32)), dict(stage=2), dict(sender=4, receiver=3), dict(receiver=5)]:
-        kw = dict(session_id=session, stage=1, sender=3, receiver=4) | changed
+    ct = aead.seal(key, b"shares", round_digest=session, stage=1, sender=3, receiver=4)
+    assert aead.open_(key, ct, round_digest=session, stage=1, sender=3, receiver=4) == b"shares"
+    for changed in [dict(round_digest=bytes(32)), dict(stage=2), dict(sender=4, receiver=3), dict(receiver=5)]:
+        kw = dict(round_digest=session, stage=1, sender=3, receiver=4) | changed
         with pytest.raises(AuthenticationError):
             aead.open_(key, ct, **kw)
     for i in range(len(ct)):
         tampered = bytearray(ct)
         tampered[i] ^= 0x01
         with pytest.raises(AuthenticationError):
-            aead.open_(key, bytes(tampered), session_id=session, stage=1, sender=3, receiver=4)
+            aead.open_(key, bytes(tampered), round_digest=session, stage=1, sender=3, receiver=4)
 
 
 # ---------------------------------------------------------------- Ed25519

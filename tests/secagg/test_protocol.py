@@ -254,7 +254,8 @@ def test_swapped_public_key_is_caught_in_active_mode():
     r = Round(4, active=True)
     bcasts = r.start()
     m = bcasts[0]
-    evil_peer = type(m.peers[0])(m.peers[0].client_id, m.peers[0].channel_pk, bytes([5] * 32), m.peers[0].signature)
+    evil_peer = type(m.peers[0])(m.peers[0].client_id, m.peers[0].channel_pk, bytes([5] * 32), m.peers[0].round_digest,
+                                 m.peers[0].signature)
     evil = type(m)(m.session_id, m.receiver, (evil_peer,) + m.peers[1:])
     with pytest.raises(AuthenticationError):
         r.clients[m.receiver].receive(wire.encode(evil))

@@ -27,14 +27,14 @@ def test_encoding_matches_committed_vector_and_round_trips(name):
 
 def test_header_layout_is_as_documented():
     data = bytes.fromhex(VECTORS["consistency_request"])
-    assert data[:2] == b"SA" and data[2] == 1 and data[3] == 6
+    assert data[:2] == b"SA" and data[2] == 2 and data[3] == 6
     assert data[4:36] == SESSION and struct.unpack(">I", data[36:40]) == (5,)
     assert struct.unpack(">4I", data[40:]) == (3, 1, 2, 5)
 
 
 def test_bit_packing_is_little_endian_at_exactly_bits():
     # words 0,1,4095,2048,7 at 12 bits: bit i of the stream is bit (i % 12) of word i // 12
-    data = bytes.fromhex(VECTORS["masked_input_12"])[40 + 5:]
+    data = bytes.fromhex(VECTORS["masked_input_12"])[40 + 6:]  # bits, dim, sig_len = 0
     words = [0, 1, 4095, 2048, 7]
     bits = "".join(format(w, "012b")[::-1] for w in words)
     bits += "0" * (-len(bits) % 8)
@@ -57,7 +57,9 @@ def test_masked_input_upload_is_d_bits_over_8_plus_header():
     d = 1000
     for bits in (16, 20, 32):
         msg = MaskedInput(SESSION, 1, bits, np.zeros(d, dtype=wire.word_dtype(bits)))
-        assert len(wire.encode(msg)) == wire.HEADER.size + 5 + (d * bits + 7) // 8
+        assert len(wire.encode(msg)) == wire.HEADER.size + 6 + (d * bits + 7) // 8   # bits, dim, sig_len
+        signed = MaskedInput(SESSION, 1, bits, msg.words, bytes(64))                # active mode: + 64
+        assert len(wire.encode(signed)) == wire.HEADER.size + 6 + 64 + (d * bits + 7) // 8
 
 
 @pytest.mark.parametrize("name", sorted(VECTORS))
@@ -72,7 +74,7 @@ def test_every_truncation_and_extension_is_a_decode_error(name):
 
 def test_bad_header_fields():
     data = bytearray.fromhex(VECTORS["advertise_keys"])
-    for offset, value, match in [(0, ord("X"), "magic"), (2, 2, "version"), (3, 99, "type")]:
+    for offset, value, match in [(0, ord("X"), "magic"), (2, 1, "version"), (3, 99, "type")]:
         bad = bytearray(data)
         bad[offset] = value
         with pytest.raises(DecodeError, match=match):

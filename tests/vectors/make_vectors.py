@@ -45,18 +45,19 @@ def kdf_vectors():
 
 
 def example_messages():
-    k1, k2, sig = bytes([0x11] * 32), bytes([0x22] * 32), bytes([0x33] * 64)
+    k1, k2, sig, dg = bytes([0x11] * 32), bytes([0x22] * 32), bytes([0x33] * 64), bytes([0x55] * 32)
     ct = bytes(range(wire.CIPHERTEXT_BYTES))
     share = bytes(range(wire.SHARE_BYTES))
     return {
-        "advertise_keys": AdvertiseKeys(SESSION, 5, k1, k2, b""),
-        "advertise_keys_signed": AdvertiseKeys(SESSION, 5, k1, k2, sig),
-        "keys_broadcast": KeysBroadcast(SESSION, 5, (PeerKeys(1, k1, k2, b""), PeerKeys(9, k2, k1, sig))),
+        "advertise_keys": AdvertiseKeys(SESSION, 5, k1, k2, dg, b""),
+        "advertise_keys_signed": AdvertiseKeys(SESSION, 5, k1, k2, dg, sig),
+        "keys_broadcast": KeysBroadcast(SESSION, 5, (PeerKeys(1, k1, k2, dg, b""), PeerKeys(9, k2, k1, dg, sig))),
         "share_keys": ShareKeys(SESSION, 5, bytes([0x44] * 32), (EncryptedShare(1, ct), EncryptedShare(9, ct))),
         "forwarded_shares": ForwardedShares(SESSION, 5, (EncryptedShare(2, ct),)),
         "masked_input_32": MaskedInput(SESSION, 5, 32, np.array([0, 1, 2**32 - 1, 123456789], dtype=np.uint32)),
         "masked_input_12": MaskedInput(SESSION, 5, 12, np.array([0, 1, 4095, 2048, 7], dtype=np.uint32)),
         "masked_input_40": MaskedInput(SESSION, 5, 40, np.array([2**40 - 1, 3], dtype=np.uint64)),
+        "masked_input_12_signed": MaskedInput(SESSION, 5, 12, np.array([0, 1, 4095, 2048, 7], dtype=np.uint32), sig),
         "consistency_request": ConsistencyRequest(SESSION, 5, (1, 2, 5)),
         "consistency_signature": ConsistencySignature(SESSION, 5, sig),
         "unmask_request": UnmaskRequest(SESSION, 5, (1, 5), (2,), (SignedBy(1, sig),)),

@@ -161,3 +161,32 @@ def test_dumps_maps_non_finite_to_null():
     import numpy as np
     text = rundir.dumps({"a": math.nan, "b": [math.inf, -math.inf, 1.5], "c": np.float32("nan"), "d": np.int64(3)})
     assert _strict_load(text) == {"a": None, "b": [None, None, 1.5], "c": None, "d": 3}
+
+
+@pytest.mark.parametrize("text, key, guess", [("roundz = 3\n", "roundz", "rounds"),
+                                              ("[local]\nbatchsize = 8\n", "local.batchsize", "batch_size")])
+def test_unknown_keys_get_a_did_you_mean(tmp_path, capsys, text, key, guess):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    assert cli_main(["run", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert key in err and f"did you mean {guess!r}?" in err
+
+
+def test_toml_syntax_error_names_the_file(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("rounds = = 3\n")
+    assert cli_main(["run", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert f"cannot read {cfg}: TOML syntax error" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_is_named_with_what_to_do(done, tmp_path, capsys):
+    _, src = done
+    out = _copy(src, tmp_path / "out")
+    ckpt = out / rundir.CHECKPOINT_DIR / rundir.CHECKPOINT_FILE
+    ckpt.write_bytes(ckpt.read_bytes()[:-10])
+    before = _snapshot(out)
+    assert cli_main(["run", "--resume", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(ckpt) in err and "cut short" in err and "Restore" in err and "--out NEW_DIR" in err
+    assert _snapshot(out) == before

@@ -74,6 +74,9 @@ def test_one_epsilon_everywhere(which, request):
     assert summ["epsilon_accountant"] == acc and f"accountant: {acc.upper()}" in line
     report = (out / rundir.REPORT).read_text()
     assert f"ε = {eps:.3f}" in report and f"accountant: {acc.upper()}" in report
+    # the neighbouring relation the number is proved for, as the accountant states it
+    assert privacy["adjacency"] in ("zero-out", "replace-one", "add-remove")
+    assert f"| neighbouring datasets | {privacy['adjacency']}: {privacy['adjacency_means']} |" in report
 
 
 def test_dp_sgd_says_the_number_is_the_worst_clients(sample_run):
