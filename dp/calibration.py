@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from dp.accounting import Accountant, AccountantKind, coerce_kind
 from dp.errors import DPConfigError
 from dp.events import (
     Adjacency,
@@ -32,6 +31,9 @@ from dp.events import (
     check_positive,
     check_sampling_rate,
 )
+
+if TYPE_CHECKING:  # dp.accounting (scipy) is imported where used: a protocol step that calibrates nothing loads no scipy
+    from dp.accounting import AccountantKind
 
 __all__ = [
     "DEFAULT_BETA",
@@ -125,12 +127,14 @@ def calibrate_noise_multiplier(
     delta: float,
     sampling_rate: float,
     steps: int,
-    accountant: AccountantKind | str = AccountantKind.RDP,
+    accountant: AccountantKind | str = "rdp",
     rtol: float = 1e-4,
     adjacency: Adjacency | str = Adjacency.ADD_REMOVE,
 ) -> float:
     """Smallest noise multiplier z with epsilon(q, z, steps, delta) <= target_epsilon (to rtol),
     epsilon under ``adjacency`` (add-remove and zero-out agree; replace-one doubles C)."""
+    from dp.accounting import Accountant, AccountantKind, coerce_kind
+
     target = check_positive("target_epsilon", target_epsilon)
     delta = check_delta(delta)
     q = check_sampling_rate(sampling_rate)
@@ -277,6 +281,8 @@ def calibrate_ddg(
         )
         if q < 1.0:
             event = PoissonSampledEvent(q, event)
+        from dp.accounting import Accountant, AccountantKind
+
         acc = Accountant(AccountantKind.RDP, unit=UnitOfPrivacy.CLIENT, adjacency=adjacency)
         acc.compose(event, count=steps)
         return acc.get_epsilon(delta)

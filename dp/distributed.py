@@ -46,7 +46,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
 
 from secagg.encoding import MAX_BITS, word_dtype
 
@@ -298,7 +297,7 @@ class DDGPlan:
         g, c, d = self.gamma, cfg.l2_clip, self.padded_dim
         var = (c * c * n * n / d + n * (g * g / 4 + (self.client_sigma * g) ** 2)) / (g * g)
         k = 2.0 ** (cfg.bits - 1) / math.sqrt(var)
-        per_coordinate = float(2.0 * special.ndtr(-k))
+        per_coordinate = math.erfc(k / math.sqrt(2.0))  # 2 * Phi(-k), without importing scipy
         return per_coordinate, float(-np.expm1(d * np.log1p(-per_coordinate)))
 
     def noise_std(self, survivors: int) -> float:

@@ -17,13 +17,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import wire
+from . import masking, wire
 from .config import Mode, RoundConfig
 from .excess import excess_owners
 from .errors import (AbortedError, AuthenticationError, DecodeError, InputError, LocalProtocolError,
                      RefusedRequestError, RemoteProtocolError, RoundMismatchError, SecAggError,
                      UnexpectedMessageError, UnknownClientError, WrongSessionError)
-from .hazmat import aead, kex, prg, shamir
+from .hazmat import aead, kex, shamir
 from .hazmat.sign import SigningKey, verify
 from .messages import (AdvertiseKeys, ConsistencyRequest, ConsistencySignature, EncryptedShare,
                        ForwardedShares, KeysBroadcast, MaskedInput, Message, RevealedShare,
@@ -342,7 +342,7 @@ class ClientParty:
             (plus if mask_sign(self.id, v) > 0 else minus).append(seed)
         self._held = held
         words, self._input = self._input, None  # our own copy (set_input): mask it in place
-        prg.add_masks(words, plus=plus, minus=minus, bits=cfg.bits)
+        masking.add_masks(words, plus=plus, minus=minus, bits=cfg.bits)
         signature = b""
         if self._signing_key is not None:
             signature = self._signing_key.sign(masked_input_signed_bytes(cfg.round_digest, self.id, words, cfg.bits))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import wire
+from . import masking, wire
 from .client import (keys_signed_bytes, mask_sign, masked_input_signed_bytes, self_mask_commitment,
                      survivors_signed_bytes)
 from .config import Mode, RoundConfig
@@ -31,7 +31,7 @@ from .excess import excess_owners
 from .errors import (AbortedError, AuthenticationError, DuplicateMessageError, InputError, LocalProtocolError,
                      RemoteProtocolError, RoundMismatchError, ShamirError, UnexpectedMessageError,
                      UnknownClientError, WrongSessionError)
-from .hazmat import kex, prg, shamir
+from .hazmat import kex, shamir
 from .hazmat.sign import verify
 from .messages import (CLIENT_TO_SERVER, AdvertiseKeys, ConsistencyRequest, ConsistencySignature,
                        EncryptedShare, ForwardedShares, KeysBroadcast, MaskedInput, Message, PeerKeys,
@@ -386,7 +386,7 @@ class ServerParty:
                 # u added mask_sign(u, v) * PRG(s_uv); remove it
                 (minus if mask_sign(u, v) > 0 else plus).append(seed)
         total = self._sum
-        prg.add_masks(total, plus=plus, minus=minus, bits=cfg.bits)
+        masking.add_masks(total, plus=plus, minus=minus, bits=cfg.bits)
         self._sum = None
         noise_seeds = self._noise_seeds()
         self.result = RoundResult(aggregate=total, survivors=self._survivors, dropped=self._dropped,

@@ -1,4 +1,4 @@
-"""In-process driver: n ClientParty objects and one ServerParty, over bytes, with dropouts.
+"""In-process round: n ClientParty objects and one ServerParty over bytes, run by secagg.driver.
 
 Every message crosses as bytes (``wire.encode`` / ``decode``), exactly as a real transport would
 carry it. A dropout schedule says which clients vanish before which protocol stage; a vanished
@@ -17,24 +17,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import wire
+from . import masking, wire
 from .client import ClientParty
 from .config import Mode, RoundConfig
+from .driver import drive
 from .encoding import FixedPointEncoding
 from .errors import AbortedError, ConfigError, OverflowRiskError
 from .hazmat.sign import SigningKey
-from .messages import Message, party_of
+from .messages import Message
 from .server import ServerParty
-
-
-class ProtocolStage(enum.IntEnum):
-    """The stage whose message a client sends: 0 keys, 1 shares, 2 masked input, 3 signature, 4 unmask."""
-
-    KEYS = 0
-    SHARES = 1
-    MASKED_INPUT = 2
-    CONSISTENCY = 3
-    UNMASK = 4
+from .state import ProtocolStage
 
 
 class Transcript(enum.Enum):
@@ -79,7 +71,7 @@ class DropoutSchedule:
 
 @dataclass
 class StageStats:
-    client_seconds: float = 0.0   # all clients together
+    client_seconds: float = 0.0   # wall-clock while the stage's clients ran (concurrently)
     server_seconds: float = 0.0
     upload_bytes: int = 0         # client -> server
     download_bytes: int = 0       # server -> client
@@ -93,7 +85,7 @@ class SimulationResult:
     stage_survivors: dict[str, tuple[int, ...]]
     transcript: list[tuple[int, int, bytes]]  # (stage, sender, bytes or digest) the server received
     stages: dict[ProtocolStage, StageStats]
-    client_seconds: dict[int, float]          # per client, all its stages
+    client_seconds: dict[int, float]          # per client, all its stages (its own wall-clock)
     aborted: AbortedError | None = None
     masked_input_bytes: dict[int, int] = field(default_factory=dict)
     decoded: np.ndarray | None = None         # float sum, when an encoding was given
@@ -101,6 +93,7 @@ class SimulationResult:
 
     @property
     def round_seconds(self) -> float:
+        """Wall-clock of the round, input generation excluded."""
         return sum(s.client_seconds + s.server_seconds for s in self.stages.values())
 
     @property
@@ -116,11 +109,17 @@ def simulate(config: RoundConfig, inputs: InputSource, *, dropouts: DropoutSched
              transcript: Transcript = Transcript.FULL,
              encoding: FixedPointEncoding | None = None,
              randbytes: Callable[[int], bytes] | None = None,
-             noise_seeds: Mapping[int, bytes] | None = None) -> SimulationResult:
+             noise_seeds: Mapping[int, bytes] | None = None,
+             workers: int | None = None) -> SimulationResult:
     """Run one round. ``inputs`` maps (or lazily produces) each client's encoded words; a callable
     is asked only when the client needs its input, so a large round never holds n*d words.
     With ``encoding`` (the one the inputs were encoded with) the result also holds the decoded sum.
-    ``noise_seeds`` (client -> 32 bytes) is required when ``config.excess_noise`` is set."""
+    ``noise_seeds`` (client -> 32 bytes) is required when ``config.excess_noise`` is set.
+
+    Clients of a stage run concurrently on ``workers`` threads (default: secagg.masking's, all
+    cores), at most 2 * workers at a time, so at most that many inputs and masked inputs exist at
+    once; the server takes their replies in client order, so the sum and transcript do not depend
+    on ``workers``. Stage times are wall-clock; input generation is not timed."""
     dropouts = dropouts or DropoutSchedule.none()
     if encoding is not None:
         if encoding.bits != config.bits:
@@ -130,6 +129,7 @@ def simulate(config: RoundConfig, inputs: InputSource, *, dropouts: DropoutSched
                                     f"n={config.n} clients: their sum could wrap 2^{config.bits}")
     if config.mode is Mode.ACTIVE and signing_keys is None:
         raise ConfigError("the config has verify_keys (active mode): pass signing_keys")
+    n_workers = masking.current_workers(workers)
     kwargs = {} if randbytes is None else {"randbytes": randbytes}
     if config.excess_noise:
         if noise_seeds is None:
@@ -145,9 +145,46 @@ def simulate(config: RoundConfig, inputs: InputSource, *, dropouts: DropoutSched
     record: list[tuple[int, int, bytes]] = []
     upload: dict[int, int] = {}
     get_input = inputs if callable(inputs) else inputs.__getitem__
+    now = [ProtocolStage.KEYS]
 
-    def to_server(stage: ProtocolStage, u: int, msg: Message) -> list[Message]:
-        data = wire.encode(msg)
+    def run_client(job: tuple[int, bytes | None]) -> tuple[int, bytes | None, float]:
+        u, data = job
+        c = clients[u]
+        t0 = time.perf_counter()
+        try:
+            msg = c.start() if data is None else c.receive(data)
+        except AbortedError:
+            msg = None  # this client gave up (e.g. too few neighbours): to the server, a dropout
+        reply = None if msg is None else wire.encode(msg)
+        return u, reply, time.perf_counter() - t0
+
+    def exchange(stage: ProtocolStage, outgoing: Mapping[int, Message | None]):
+        now[0] = stage
+        st, gone = stats[stage], dropouts.gone_by(stage)
+        order = list(outgoing)
+        batch = 2 * n_workers
+        for i in range(0, len(order), batch):
+            t0, part = time.perf_counter(), []
+            for u in order[i:i + batch]:  # the server's messages as bytes, a batch at a time, each
+                m = outgoing.pop(u)       # freed once sent (n*k forwarded shares would stay alive)
+                data = None if m is None else wire.encode(m)
+                if data is not None:
+                    st.download_bytes += len(data)
+                if u not in gone:
+                    part.append((u, data))
+            st.server_seconds += time.perf_counter() - t0
+            if stage is ProtocolStage.MASKED_INPUT:
+                for u, _ in part:
+                    clients[u].set_input(get_input(u))
+            t0, server_before = time.perf_counter(), st.server_seconds
+            for u, reply, dt in masking.imap(run_client, part, workers=n_workers):
+                per_client[u] += dt
+                if reply is not None:
+                    yield u, reply
+            st.client_seconds += time.perf_counter() - t0 - (st.server_seconds - server_before)
+
+    def deliver(u: int, data: bytes) -> list[Message]:
+        stage = now[0]
         st = stats[stage]
         st.upload_bytes += len(data)
         st.messages += 1
@@ -162,69 +199,29 @@ def simulate(config: RoundConfig, inputs: InputSource, *, dropouts: DropoutSched
         st.server_seconds += time.perf_counter() - t0
         return out
 
-    def timed_client(stage: ProtocolStage, u: int, fn) -> Message:
+    def close(stage: ProtocolStage) -> list[Message]:
         t0 = time.perf_counter()
-        msg = fn()
-        dt = time.perf_counter() - t0
-        stats[stage].client_seconds += dt
-        per_client[u] += dt
-        return msg
+        try:
+            return server.close_stage()
+        finally:
+            stats[stage].server_seconds += time.perf_counter() - t0
 
-    def finish(aborted=None) -> SimulationResult:
-        res = server.result
-        decoded = None
-        if res is not None and encoding is not None:
-            decoded = encoding.decode_sum(res.aggregate, count=len(res.survivors))
-        return SimulationResult(decoded=decoded,
-            aggregate=None if res is None else res.aggregate,
-            survivors=() if res is None else res.survivors,
-            stage_survivors=dict(server.stage_survivors), transcript=record, stages=stats,
-            client_seconds=dict(per_client), aborted=aborted, masked_input_bytes=upload,
-            noise_seeds={} if res is None else dict(res.noise_seeds))
-
+    aborted = None
     try:
-        # stage 0
-        pending: list[Message] = []
-        stage = ProtocolStage.KEYS
-        for u in config.client_ids:
-            if u in dropouts.gone_by(stage):
-                continue
-            msg = timed_client(stage, u, clients[u].start)
-            pending += to_server(stage, u, msg)
-        while server.result is None:
-            if not pending:
-                t0 = time.perf_counter()
-                pending = server.close_stage()
-                stats[stage].server_seconds += time.perf_counter() - t0
-                if server.result is not None:
-                    break
-            # deliver the server's messages; their replies belong to the next stage
-            stage = _reply_stage(pending[0], config)
-            outgoing, pending = pending, []
-            gone = dropouts.gone_by(stage)
-            for m in outgoing:
-                u = party_of(m)
-                data = wire.encode(m)
-                stats[stage].download_bytes += len(data)
-                if u in gone:
-                    continue
-                c = clients[u]
-                if stage is ProtocolStage.MASKED_INPUT:
-                    c.set_input(get_input(u))
-                try:
-                    reply = timed_client(stage, u, lambda c=c, data=data: c.receive(data))
-                except AbortedError:
-                    continue  # this client gave up (e.g. too few neighbours): to the server, a dropout
-                pending += to_server(stage, u, reply)
+        with masking.workers(n_workers):
+            drive(server, exchange, deliver=deliver, close=close)
     except AbortedError as e:
-        return finish(aborted=e)
-    return finish()
-
-
-def _reply_stage(server_msg: Message, config: RoundConfig) -> ProtocolStage:
-    from .messages import ConsistencyRequest, ForwardedShares, KeysBroadcast, UnmaskRequest
-    return {KeysBroadcast: ProtocolStage.SHARES, ForwardedShares: ProtocolStage.MASKED_INPUT,
-            ConsistencyRequest: ProtocolStage.CONSISTENCY, UnmaskRequest: ProtocolStage.UNMASK}[type(server_msg)]
+        aborted = e
+    res = server.result
+    decoded = None
+    if res is not None and encoding is not None:
+        decoded = encoding.decode_sum(res.aggregate, count=len(res.survivors))
+    return SimulationResult(decoded=decoded,
+                            aggregate=None if res is None else res.aggregate,
+                            survivors=() if res is None else res.survivors,
+                            stage_survivors=dict(server.stage_survivors), transcript=record, stages=stats,
+                            client_seconds=dict(per_client), aborted=aborted, masked_input_bytes=upload,
+                            noise_seeds={} if res is None else dict(res.noise_seeds))
 
 
 def plain_sum(inputs: Mapping[int, np.ndarray], ids, bits: int) -> np.ndarray:

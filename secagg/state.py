@@ -31,6 +31,36 @@ class Stage(enum.Enum):
     ABORTED = "aborted"
 
 
+class ProtocolStage(enum.IntEnum):
+    """The one name of each protocol stage, by the client message sent in it: 0 keys, 1 shares,
+    2 masked input, 3 consistency signature (active mode), 4 unmask. The server collects stage s
+    in ``s.collecting``; JSON and table keys are ``s.key``. Drivers, dropout schedules, the fault
+    campaign and the transports all use these."""
+
+    KEYS = 0
+    SHARES = 1
+    MASKED_INPUT = 2
+    CONSISTENCY = 3
+    UNMASK = 4
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()
+
+    @property
+    def collecting(self) -> "Stage":
+        return _COLLECTING[self]
+
+
+_COLLECTING = {ProtocolStage.KEYS: Stage.COLLECT_KEYS, ProtocolStage.SHARES: Stage.COLLECT_SHARES,
+               ProtocolStage.MASKED_INPUT: Stage.COLLECT_INPUTS,
+               ProtocolStage.CONSISTENCY: Stage.COLLECT_SIGNATURES, ProtocolStage.UNMASK: Stage.COLLECT_UNMASK}
+
+#: The stage of the reply a server message asks for.
+REPLY_STAGE = {M.KEYS_BROADCAST: ProtocolStage.SHARES, M.FORWARDED_SHARES: ProtocolStage.MASKED_INPUT,
+               M.CONSISTENCY_REQUEST: ProtocolStage.CONSISTENCY, M.UNMASK_REQUEST: ProtocolStage.UNMASK}
+
+
 class Event(enum.Enum):
     START = "start"
     CLOSE = "close"

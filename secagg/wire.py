@@ -118,9 +118,15 @@ def encode(msg: Message) -> bytes:
         body = msg.self_mask_commitment if t is MessageType.SHARE_KEYS else b""
         body += struct.pack(">I", len(msg.shares)) + b"".join(
             struct.pack(">I", s.peer) + s.ciphertext for s in msg.shares)
-    elif t is MessageType.MASKED_INPUT:
-        body = (struct.pack(">BI", msg.bits, len(msg.words)) + bytes([len(msg.signature)]) + msg.signature
-                + pack_words(msg.words, msg.bits))
+    elif t is MessageType.MASKED_INPUT:  # one copy of the words (the largest message by far)
+        words = msg.words
+        if msg.bits == 32 and isinstance(words, np.ndarray) and words.dtype == np.dtype("<u4") \
+                and words.flags.c_contiguous:
+            packed = memoryview(words).cast("B")
+        else:
+            packed = pack_words(words, msg.bits)
+        return b"".join((head, struct.pack(">BI", msg.bits, len(words)), bytes([len(msg.signature)]),
+                         msg.signature, packed))
     elif t is MessageType.CONSISTENCY_REQUEST:
         body = _ids(msg.survivors)
     elif t is MessageType.CONSISTENCY_SIGNATURE:
@@ -255,10 +261,15 @@ class _Reader:
 
 
 def _check_increasing(ids, what: str, field: str) -> None:
-    for a, b in zip(ids, ids[1:]):
-        if b <= a:
-            raise DecodeError(f"{what}: {field} must be strictly increasing (sorted, no duplicates); "
-                              f"{b} follows {a}")
+    if ids and isinstance(ids[0], int):  # one pass in C: survivor lists are n long, sent to n clients
+        arr = np.asarray(ids, dtype=np.int64)
+        bad = [int(b) for b in np.flatnonzero(arr[1:] <= arr[:-1])[:1]]
+    else:  # (owner, kind) pairs
+        bad = [i for i, (a, b) in enumerate(zip(ids, ids[1:])) if b <= a][:1]
+    if bad:
+        i = bad[0]
+        raise DecodeError(f"{what}: {field} must be strictly increasing (sorted, no duplicates); "
+                          f"{ids[i + 1]} follows {ids[i]}")
 
 
 def decode(data: bytes) -> Message:

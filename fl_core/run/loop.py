@@ -184,7 +184,13 @@ class _Trainer:
                           secure_noise=cfg.secure_randomness)  # noise keystream keyed from os.urandom
         gens = {u: _local_generator(cfg, r, u, dp=dp is not None) for u in sampled}
         results = {}
-        if lc.backend is Backend.COHORT and sampled:  # all sampled clients at once, same semantics
+        backend = self.backend = lc.backend
+        if backend is Backend.COHORT and sampled:  # vectorized only where measured faster here
+            from fl_core.learn.probe import pick_backend
+            backend = self.backend = pick_backend(
+                self.model, self.data.client(sampled[0]).train, clients=len(sampled), dp=dp,
+                batch_size=lc.batch_size, optimizer=lc.optimizer, lr=lc.lr, momentum=lc.momentum).backend
+        if backend is Backend.COHORT and sampled:  # all sampled clients at once, same semantics
             cohort = train_cohort(self.model, [self.data.client(u).train for u in sampled], epochs=lc.epochs,
                                   steps=lc.steps, optimizer=lc.optimizer, lr=lc.lr, momentum=lc.momentum,
                                   batch_size=lc.batch_size, prox_mu=lc.prox_mu, exclude=personal,
@@ -194,7 +200,7 @@ class _Trainer:
                 results[u] = res
                 if personal:
                     self.personal_params[u] = own
-        for u in sampled if lc.backend is Backend.OPACUS else ():  # the reference: one client after the other
+        for u in sampled if backend is Backend.OPACUS else ():  # the reference: one client after the other
             local = copy.deepcopy(self.model)
             if personal and u in self.personal_params:
                 own = dict(local.named_parameters())
@@ -248,8 +254,11 @@ class _Trainer:
             self.stopped_by_budget = True
             return
         sampled, refused = self.privacy.admit(sampled, self.sizes)
+        t0 = time.perf_counter()
         updates, examples, losses, events = self.train_clients(r, sampled)
+        t1 = time.perf_counter()
         outcome, aborted = self.release(r, rng, sampled, updates, examples, events)
+        t2 = time.perf_counter()
         if outcome is not None:
             self.params = self.opt.step(self.params, outcome.mean_update)
             vector_to_model(self.params, self.model, exclude=self.personal)
@@ -257,6 +266,7 @@ class _Trainer:
         self.recorder.end_round(r, self.params, outcome)
         m = self.round_metrics(r, sampled, refused, losses, outcome, aborted)
         m["seconds"] = time.perf_counter() - t_round
+        m.update(training_seconds=t1 - t0, secure_aggregation_seconds=t2 - t1, backend=self.backend.value)
         self.metrics.append(m)
         rundir.append_jsonl(self.out / rundir.METRICS, m)
         eps = m["epsilon"]

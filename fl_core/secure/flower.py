@@ -13,9 +13,11 @@ Evaluate messages pass through untouched.
 
 The mapping onto Flower (docs/flower.md):
 - every message of ours is a ``train`` message (the type the strategy used) whose ConfigRecord
-  ``"secagg"`` holds ``op`` ("hello", "setup" or "step") and ``data`` (our bytes); the setup
-  message also carries the strategy's own records (the model, its config), so the user's training
-  runs on it; later steps never reach the user's handler.
+  ``"secagg"`` holds ``op`` ("hello", "setup", "step" or "input") and ``data`` (our bytes); the
+  shares step ("input", the one whose reply is the masked input) also carries the strategy's own
+  records (the model, its config), so the user's training runs there, as with Flower's
+  secaggplus_mod; no other message reaches the user's handler, and the update is never saved
+  between messages.
 - a node's protocol state lives in ``Context.state["secagg-state"]`` (one bytes value), because on
   the Deployment Engine every message runs in a fresh ClientApp process.
 - a node whose reply misses the step's timeout, or comes back as an error, is a dropout.
@@ -46,7 +48,7 @@ from secagg.hazmat.sign import SigningKey
 
 from fl_core.secure.inputs import InputKind, InputSpec
 from fl_core.secure.transport import (NodePolicy, RoundSetup, Step, check_setup, client_begin, client_step,
-                                      min_survivors_for, run_server_round)
+                                      min_survivors_for, run_server_round, saved_setup)
 
 __all__ = ["secagg_mod", "SecureClientApp", "SecureGrid", "SecureSettings", "GridExchange", "RoundRecord",
            "node_policy", "arrays_to_vector", "vector_to_arrays", "RECORD", "STATE_RECORD", "RUN_CONFIG_KEYS",
@@ -179,7 +181,7 @@ def secagg_mod(msg: Message, context: Context, call_next) -> Message:
 
     A train message without a secure round setup is refused (an error reply) unless the node
     config sets ``secagg-allow-plain-train``, so a server that skips secure aggregation never
-    receives a raw update. Protocol steps after the setup never reach the train handler."""
+    receives a raw update. Only the shares step ("input") reaches the train handler."""
     if msg.metadata.message_type.split(".")[0] != "train":
         return call_next(msg, context)
     if RECORD not in msg.content.config_records:
@@ -194,23 +196,32 @@ def secagg_mod(msg: Message, context: Context, call_next) -> Message:
         return _reply(msg, **{"client-id": partition_client_id(context),
                               "verify-key": b"" if key is None else key.public})
     if op == "setup":
-        return _setup(msg, context, call_next, bytes(rec["data"]))
-    if op == "step":
-        if STATE_RECORD not in context.state.config_records:
-            raise LocalProtocolError("no secure round in progress on this node (no saved state)")
-        res = client_step(context.state.config_records[STATE_RECORD]["state"], bytes(rec["data"]),
-                          signing_key=file_signing_key(context))
+        setup = RoundSetup.from_bytes(bytes(rec["data"]))
+        u = partition_client_id(context)
+        check_setup(setup, u, policy=node_policy(context))
+        res = client_begin(setup, client_id=u, signing_key=file_signing_key(context))
         context.state.config_records[STATE_RECORD] = ConfigRecord({"state": res.state})
-        if res.error is not None:
-            raise res.error  # Flower returns it as an error reply: the server counts a dropout
         return _reply(msg, data=res.reply)
-    raise LocalProtocolError(f"unknown secagg op {op!r}")
+    if op not in ("step", "input"):
+        raise LocalProtocolError(f"unknown secagg op {op!r}")
+    if STATE_RECORD not in context.state.config_records:
+        raise LocalProtocolError("no secure round in progress on this node (no saved state)")
+    state = context.state.config_records[STATE_RECORD]["state"]
+    words = _train_and_encode(msg, context, call_next, saved_setup(state)) if op == "input" else None
+    if isinstance(words, Message):
+        return words  # the train handler's error reply
+    res = client_step(state, bytes(rec["data"]), signing_key=file_signing_key(context), words=words)
+    context.state.config_records[STATE_RECORD] = ConfigRecord({"state": res.state})
+    if res.error is not None:
+        raise res.error  # Flower returns it as an error reply: the server counts a dropout
+    return _reply(msg, data=res.reply)
 
 
-def _setup(msg: Message, context: Context, call_next, data: bytes) -> Message:
-    setup = RoundSetup.from_bytes(data)
+def _train_and_encode(msg: Message, context: Context, call_next, setup: RoundSetup):
+    """The shares step carries the strategy's records: run the user's train handler on them and
+    encode ``trained - received``; the reply and its metrics stay here. (Training at this step, as
+    Flower's secaggplus_mod does, keeps the input out of the state saved between messages.)"""
     u = partition_client_id(context)
-    check_setup(setup, u, policy=node_policy(context))
     update = examples = None
     if setup.input.kind is not InputKind.WORDS:
         key, sent = _array_record(msg.content)
@@ -227,11 +238,8 @@ def _setup(msg: Message, context: Context, call_next, data: bytes) -> Message:
             if "num-examples" in m:
                 examples = int(m["num-examples"])
         del result, trained  # the trained model and its metrics stay on this node
-    words = setup.input.encoder().encode(update, client_id=u, round_number=setup.round_number,
-                                         round_seed=setup.round_seed, num_examples=examples)
-    res = client_begin(setup, client_id=u, words=words, signing_key=file_signing_key(context))
-    context.state.config_records[STATE_RECORD] = ConfigRecord({"state": res.state})
-    return _reply(msg, data=res.reply)
+    return setup.input.encoder().encode(update, client_id=u, round_number=setup.round_number,
+                                        round_seed=setup.round_seed, num_examples=examples)
 
 
 class SecureClientApp(ClientApp):
@@ -385,12 +393,12 @@ class GridExchange:
     sending node as Flower authenticated it, mapped back to protocol ids."""
 
     def __init__(self, grid: Grid, node_of: Mapping[int, int], *, timeout: float, group_id: str,
-                 message_type: str = "train", setup_content: Mapping[int, RecordDict] | None = None,
+                 message_type: str = "train", train_content: Mapping[int, RecordDict] | None = None,
                  log: Callable[[str], None] = print) -> None:
         self.grid, self.node_of, self.timeout, self.group_id = grid, dict(node_of), timeout, group_id
         self.client_of = {nid: u for u, nid in self.node_of.items()}
         self.message_type = message_type
-        self.setup_content = dict(setup_content or {})  # node id -> the strategy's records for it
+        self.train_content = dict(train_content or {})  # node id -> the strategy's records for it
         self.log = log
         self.errors: dict[int, str] = {}
         self.step_rtt: dict[str, float] = {}  # step -> seconds of its send_and_receive
@@ -399,12 +407,13 @@ class GridExchange:
         msgs = []
         for u, data in outgoing.items():
             nid = self.node_of[u]
-            if step is Step.SETUP:
-                base = self.setup_content.get(nid)
+            if step is Step.SHARES:  # the message that asks for the masked input carries the model
+                base = self.train_content.get(nid)
                 content = RecordDict(dict(base.items()) if base is not None else {})
-                content[RECORD] = ConfigRecord({"op": "setup", "data": data})
+                content[RECORD] = ConfigRecord({"op": "input", "data": data})
             else:
-                content = RecordDict({RECORD: ConfigRecord({"op": "step", "data": data})})
+                op = "setup" if step is Step.SETUP else "step"
+                content = RecordDict({RECORD: ConfigRecord({"op": op, "data": data})})
             msgs.append(Message(content, dst_node_id=nid, message_type=self.message_type,
                                 group_id=self.group_id, ttl=self.timeout))
         t0 = time.perf_counter()
@@ -620,7 +629,7 @@ class SecureGrid(Grid):
         rec.k, rec.threshold = k, t
         setup = RoundSetup(cfg, r, os.urandom(32), spec)
         exchange = GridExchange(self.grid, node_of, timeout=s.timeout, group_id=f"secagg-{self._run_tag}-{r}",
-                                message_type=mtype, setup_content={nid: msg.content for nid, msg in by_node.items()},
+                                message_type=mtype, train_content={nid: msg.content for nid, msg in by_node.items()},
                                 log=self.log)
         hook = None if self.on_step is None else (lambda step, ids: self.on_step(r, step, ids))
         try:

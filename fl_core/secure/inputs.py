@@ -76,7 +76,10 @@ class InputSpec:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive int, got {name}={v!r}")
-        self.encoder()  # validates every field now (DDG: with dp's messages; fixed point: the range)
+        if self.kind is InputKind.DDG:
+            self.ddg_config()  # validates every DP field with dp's messages; calibrated on first use
+        else:
+            self.encoder()  # fixed point: the range check
 
     def ddg_config(self) -> DDGConfig:
         return DDGConfig(l2_clip=self.l2_clip, bits=self.bits, dim=self.dim, num_clients=self.num_clients,

@@ -34,15 +34,18 @@ from secagg.config import GraphKind, RoundConfig
 from secagg.errors import (ConfigError, DecodeError, InputError, RefusedRequestError,
                            RemoteProtocolError, SecAggError)
 from secagg.hazmat.sign import SigningKey
-from secagg.messages import ConsistencyRequest, ForwardedShares, KeysBroadcast, Message, UnmaskRequest, party_of
+from secagg.driver import drive
+from secagg.messages import Message, party_of
 from secagg.server import RoundResult, ServerParty
+from secagg.state import ProtocolStage
 
 from fl_core.secure.inputs import (InputKind, InputSpec, ddg_plan, decode_aggregate, encode_input,  # noqa: F401
                                    known_words)
 
 __all__ = ["Step", "InputKind", "InputSpec", "RoundSetup", "StepResult", "Exchange", "ServerRoundStats",
            "encode_input", "decode_aggregate", "known_words", "check_setup", "client_begin", "client_step",
-           "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION", "NodePolicy"]
+           "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION", "NodePolicy", "saved_setup",
+           "STEP_OF_STAGE"]
 
 SETUP_VERSION = 1
 _STATE_MAGIC = b"SAfs"  # client state: setup bytes + ClientParty.to_state()
@@ -58,8 +61,11 @@ class Step(enum.Enum):
     UNMASK = "unmask"            # UnmaskRequest       -> UnmaskResponse
 
 
-_STEP_OF = {KeysBroadcast: Step.KEYS, ForwardedShares: Step.SHARES, ConsistencyRequest: Step.CONSISTENCY,
-            UnmaskRequest: Step.UNMASK}
+#: The exchange that collects each protocol stage (secagg's one stage vocabulary), named by what
+#: the server sends in it: the Flower message types and the ``step_seconds`` keys use these names.
+STEP_OF_STAGE = {ProtocolStage.KEYS: Step.SETUP, ProtocolStage.SHARES: Step.KEYS,
+                 ProtocolStage.MASKED_INPUT: Step.SHARES, ProtocolStage.CONSISTENCY: Step.CONSISTENCY,
+                 ProtocolStage.UNMASK: Step.UNMASK}
 
 
 # ---------------------------------------------------------------------------- round setup
@@ -210,21 +216,32 @@ def _unpack_state(state: bytes) -> tuple[bytes, bytes]:
     return state[8:8 + n], state[8 + n:]
 
 
-def client_begin(setup: RoundSetup, *, client_id: int, words: np.ndarray, signing_key: SigningKey | None = None,
-                 randbytes: Callable[[int], bytes] = os.urandom) -> StepResult:
-    """Start this client's round with its encoded words: the AdvertiseKeys reply and the state."""
+def client_begin(setup: RoundSetup, *, client_id: int, words: np.ndarray | None = None,
+                 signing_key: SigningKey | None = None, randbytes: Callable[[int], bytes] = os.urandom) -> StepResult:
+    """Start this client's round: the AdvertiseKeys reply and the state. ``words`` (the encoded
+    input) may come now or with the shares step (``client_step(..., words=...)``), so a carrier
+    need not keep the input between messages."""
     party = ClientParty(setup.config, client_id, words, signing_key=signing_key, randbytes=randbytes)
     reply = wire.encode(party.start())
     return StepResult(reply, _pack_state(setup.to_bytes(), party.to_state()))
 
 
-def client_step(state: bytes, message: bytes, *, signing_key: SigningKey | None = None) -> StepResult:
-    """Handle one server message. A rejected message leaves the state as it was; a refused request
-    aborts the party for good (the returned state says so)."""
+def saved_setup(state: bytes) -> RoundSetup:
+    """The round setup a client's saved state belongs to."""
+    return RoundSetup.from_bytes(_unpack_state(state)[0])
+
+
+def client_step(state: bytes, message: bytes, *, signing_key: SigningKey | None = None,
+                words: np.ndarray | None = None) -> StepResult:
+    """Handle one server message; ``words``: the input, if not given to ``client_begin``, before the
+    message that asks for the masked input. A rejected message leaves the state as it was; a
+    refused request aborts the party for good (the returned state says so)."""
     setup_bytes, party_bytes = _unpack_state(state)
     setup = RoundSetup.from_bytes(setup_bytes)
     party = ClientParty.from_state(setup.config, party_bytes, signing_key=signing_key)
     try:
+        if words is not None:
+            party.set_input(words)
         reply = wire.encode(party.receive(message))
     except SecAggError as e:
         return StepResult(None, _pack_state(setup_bytes, party.to_state()), e)
@@ -249,7 +266,8 @@ class ServerRoundStats:
 
 def run_server_round(setup: RoundSetup, exchange: Exchange, *,
                      on_step: Callable[[Step, tuple[int, ...]], None] | None = None) -> tuple[RoundResult, ServerRoundStats]:
-    """Drive a ServerParty through one round over ``exchange``; AbortedError if it aborts.
+    """Drive a ServerParty through one round over ``exchange`` (on ``secagg.driver.drive``, the
+    driver simulate and the fault campaign use); AbortedError if it aborts.
 
     A reply that does not decode, claims another sender, or that the server rejects is dropped:
     that client is then a dropout like one that never answered.
@@ -258,41 +276,43 @@ def run_server_round(setup: RoundSetup, exchange: Exchange, *,
     server = ServerParty(cfg)
     stats = ServerRoundStats()
     payload = setup.to_bytes()
-    outgoing: dict[int, bytes] = {u: payload for u in cfg.client_ids}
-    step = Step.SETUP
-    while True:
+    timing = {"step": Step.SETUP, "t0": 0.0}
+
+    def carry(stage: ProtocolStage, outgoing: dict[int, Message | None]):
+        step = STEP_OF_STAGE[stage]
+        timing.update(step=step, t0=time.perf_counter())
+        sent = {u: payload if m is None else wire.encode(m) for u, m in outgoing.items()}
         if on_step is not None:
-            on_step(step, tuple(sorted(outgoing)))
-        t0 = time.perf_counter()
-        for u, data in outgoing.items():
+            on_step(step, tuple(sorted(sent)))
+        for u, data in sent.items():
             stats.download_bytes[u] = stats.download_bytes.get(u, 0) + len(data)
-        replies = exchange(step, outgoing)
-        before = server.stage
-        nxt: list[Message] = []
+        replies = exchange(step, sent)
         for u in sorted(replies):
-            data = replies[u]
-            if u not in outgoing:
+            if u not in sent:
                 stats.rejected[u] = f"reply to {step.value} from a client that was not asked"
                 continue
-            stats.upload_bytes[u] = stats.upload_bytes.get(u, 0) + len(data)
-            try:
-                msg = wire.decode(data)
-                if party_of(msg) != u:
-                    raise RemoteProtocolError(f"client {u} sent a message signed as client {party_of(msg)}")
-                out = server.receive(msg)
-            except RemoteProtocolError as e:
-                stats.rejected[u] = str(e)
-                continue
-            if out:
-                nxt = out
-        stats.silent[step.value] = tuple(sorted(set(outgoing) - set(replies)))
-        if server.result is None and not nxt and server.stage is before:
-            nxt = server.close_stage()  # the deadline: whoever has not answered dropped out
-        stats.step_seconds[step.value] = time.perf_counter() - t0
-        if server.result is not None:
-            return server.result, stats
-        outgoing = {party_of(m): wire.encode(m) for m in nxt}
-        step = _STEP_OF[type(nxt[0])]
+            stats.upload_bytes[u] = stats.upload_bytes.get(u, 0) + len(replies[u])
+            yield u, replies[u]
+        stats.silent[step.value] = tuple(sorted(set(sent) - set(replies)))
+        stats.step_seconds[step.value] = time.perf_counter() - timing["t0"]
+
+    def deliver(u: int, data: bytes) -> list[Message]:
+        try:
+            msg = wire.decode(data)
+            if party_of(msg) != u:
+                raise RemoteProtocolError(f"client {u} sent a message signed as client {party_of(msg)}")
+            return server.receive(msg)
+        except RemoteProtocolError as e:
+            stats.rejected[u] = str(e)
+            return []
+
+    def close(stage: ProtocolStage) -> list[Message]:
+        try:
+            return server.close_stage()  # the deadline: whoever has not answered dropped out
+        finally:
+            stats.step_seconds[timing["step"].value] = time.perf_counter() - timing["t0"]
+
+    return drive(server, carry, deliver=deliver, close=close), stats
 
 
 def min_survivors_for(n: int, fraction: float) -> int:

@@ -10,7 +10,8 @@ both process the same examples and ``max_update_difference`` checks that they co
 updates. Throughput is examples processed (sum of the Poisson batch sizes) per second of wall
 time, setup included (the simulator pays it too). ``--opacus-clients M`` times Opacus on the first
 M clients only: client after client, its throughput does not depend on K. ``--mode plain`` times
-non-private training instead (``local_train`` without DP, CPU only).
+non-private training instead (``local_train`` without DP, CPU only). ``probe`` / ``cohort_path``:
+what a run with ``local.backend = "cohort"`` trains with (``fl_core.learn.probe``) and its speed.
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ def bench_cohort(args: argparse.Namespace) -> dict:
         best_c = c if best_c is None or c[1] / c[0] > best_c[1] / best_c[0] else best_c
     o_s, o_n, o_upd, o_cpu = best_o
     c_s, c_n, res, c_cpu = best_c
+    from fl_core.learn.client import SampleDP
+    from fl_core.learn.probe import pick_backend
+    probe = pick_backend(model, datasets[0], clients=args.clients, batch_size=args.batch, lr=args.lr,
+                         dp=None if args.mode == "plain" else SampleDP(max_grad_norm=args.clip, noise_multiplier=args.noise),
+                         device=args.device, refresh=True)
     diff = max(float(np.abs(a - r.update).max()) for a, r in zip(o_upd, res.results[:m]))
     o_rate, c_rate = o_n / o_s, c_n / c_s
     out = {
@@ -139,6 +145,11 @@ def bench_cohort(args: argparse.Namespace) -> dict:
                    "samples_per_s": round(c_rate, 1), "samples_per_cpu_s": round(c_n / c_cpu, 1),
                    "chunk_size": res.chunk_size, "chunks": res.chunks},
         "speedup": round(c_rate / o_rate, 2),
+        # what a run with local.backend = "cohort" trains with: the probe's pick, measured above
+        "probe": probe.as_dict(),
+        "cohort_path": {"backend": probe.backend.value,
+                        "samples_per_s": round(c_rate if probe.backend.value == "cohort" else o_rate, 1),
+                        "speedup": round(c_rate / o_rate if probe.backend.value == "cohort" else 1.0, 2)},
         "speedup_cpu_time": round((c_n / c_cpu) / (o_n / o_cpu), 2),
         "max_update_difference": diff,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -227,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{out['model']} K={a.clients} B={a.batch} on {out['device']}, {a.threads} threads: "
           f"Opacus {o['samples_per_s']:.0f} samples/s, cohort {c['samples_per_s']:.0f} samples/s "
           f"(x{out['speedup']}; per CPU second x{out['speedup_cpu_time']}), chunk {c['chunk_size']}, "
-          f"max update difference {out['max_update_difference']:.2e}")
+          f"max update difference {out['max_update_difference']:.2e}; the cohort path picks "
+          f"{out['cohort_path']['backend']} (probe {out['probe']['seconds']:.1f} s): x{out['cohort_path']['speedup']}")
     return 0
 
 

@@ -20,8 +20,9 @@ delivery to the wrong client). Every trial must end with the exact sum or a type
 
 The transport binds a client's messages to its connection, as any real one must (``ServerParty``
 trusts ``sender``): a decodable message whose sender is not its connection's client is dropped by
-the transport and counted, not handed to the server. ``run_round`` is the driver; the tests use it
-with their own network hooks (tests/secagg/test_fuzz.py, test_faults.py).
+the transport and counted, not handed to the server. ``run_round`` runs the round on
+``secagg.driver.drive`` (the driver simulate and the transports use); the tests use it with their
+own network hooks (tests/secagg/test_fuzz.py, test_faults.py).
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ from secagg.client import ClientParty
 from secagg.config import GraphKind, Mode, RoundConfig
 from secagg.errors import AbortedError, RefusedRequestError, RemoteProtocolError, RoundMismatchError, SecAggError
 from secagg.hazmat.sign import SigningKey
-from secagg.messages import (ConsistencyRequest, ForwardedShares, KeysBroadcast, MaskedInput, Message,
-                       ShareKind, UnmaskRequest, UnmaskResponse, party_of)
+from secagg.driver import drive
+from secagg.messages import MaskedInput, Message, ShareKind, UnmaskResponse, party_of
 from secagg.server import RoundResult, ServerParty
-from secagg.simulate import DropoutSchedule, ProtocolStage
-from secagg.state import Stage
+from secagg.simulate import DropoutSchedule
+from secagg.state import ProtocolStage, Stage
 
 SERVER = None  # the server's address in an Envelope
 
@@ -71,10 +72,6 @@ Network = Callable[[Envelope], Sequence[Envelope]]
 
 def _faithful(env: Envelope) -> Sequence[Envelope]:
     return (env,)
-
-
-_REPLY_STAGE = {KeysBroadcast: ProtocolStage.SHARES, ForwardedShares: ProtocolStage.MASKED_INPUT,
-                ConsistencyRequest: ProtocolStage.CONSISTENCY, UnmaskRequest: ProtocolStage.UNMASK}
 
 
 @dataclass
@@ -167,7 +164,8 @@ def run_round(config: RoundConfig, inputs: Mapping[int, np.ndarray], *,
                for u in config.client_ids}
     server = ServerParty(config)
     rep = RoundReport(config=config, inputs=inputs)
-    pending: list[Envelope] = []
+    server_out: list[Message] = []               # the server's answer to the reply being delivered
+    replies: list[tuple[int, Envelope]] = []     # the clients' replies to the message being delivered
 
     def crash(where: str, exc: BaseException) -> None:
         tb = traceback.extract_tb(exc.__traceback__)[-1]
@@ -184,8 +182,10 @@ def run_round(config: RoundConfig, inputs: Mapping[int, np.ndarray], *,
             if altered:
                 rep.hostile_results.append(result)
 
-    def to_server(genuine: Envelope) -> None:
+    def to_server(u: int, genuine: Envelope) -> list[Message]:
+        server_out.clear()
         deliver_batch(network(genuine), genuine, server_receives)
+        return list(server_out)
 
     def server_receives(env: Envelope, tampered: bool) -> str:
         try:
@@ -214,7 +214,7 @@ def run_round(config: RoundConfig, inputs: Mapping[int, np.ndarray], *,
             rep.accepted_inputs[msg.sender] = np.array(msg.words, dtype=wire.word_dtype(config.bits))
         if isinstance(msg, UnmaskResponse) and tampered:
             rep.altered_unmask_senders.add(msg.sender)
-        pending.extend(_envelopes(out))
+        server_out.extend(out)
         return "accepted"
 
     def client_receives(env: Envelope, tampered: bool) -> str:
@@ -239,33 +239,27 @@ def run_round(config: RoundConfig, inputs: Mapping[int, np.ndarray], *,
         if isinstance(reply, UnmaskResponse):
             for s in reply.shares:
                 rep.revealed.setdefault((s.owner, s.kind), set()).add(c.id)
-        to_server(Envelope(env.stage, c.id, True, wire.encode(reply)))
+        replies.append((c.id, Envelope(env.stage, c.id, True, wire.encode(reply))))
         return "accepted"
 
-    def _envelopes(msgs: list[Message]) -> list[Envelope]:
-        return [Envelope(_REPLY_STAGE[type(m)], m.receiver, False, wire.encode(m)) for m in msgs]
+    def exchange(stage: ProtocolStage, outgoing: Mapping[int, Message | None]):
+        for u, m in outgoing.items():
+            if u in dropouts.gone_by(stage):
+                continue
+            if m is None:  # stage 0: the client starts by itself
+                yield u, Envelope(stage, u, True, wire.encode(clients[u].start()))
+                continue
+            genuine = Envelope(stage, u, False, wire.encode(m))
+            replies.clear()
+            deliver_batch(network(genuine), genuine, client_receives)
+            yield from list(replies)
 
-    for u in config.client_ids:
-        if u not in dropouts.gone_by(ProtocolStage.KEYS):
-            to_server(Envelope(ProtocolStage.KEYS, u, True, wire.encode(clients[u].start())))
-    for _ in range(64):  # 5 stages; the bound only guards against a driver bug
-        if server.stage in (Stage.DONE, Stage.ABORTED):
-            break
-        if not pending:
-            try:
-                pending.extend(_envelopes(server.close_stage()))
-            except AbortedError as e:
-                rep.aborted = e
-            except Exception as e:  # noqa: BLE001
-                crash("server.close_stage", e)
-                break
-            continue
-        wave, pending[:] = list(pending), []
-        for genuine in wave:
-            if genuine.connection not in dropouts.gone_by(genuine.stage):
-                deliver_batch(network(genuine), genuine, client_receives)
-    else:
-        rep.crashes.append(f"round did not finish; server in stage {server.stage.value}")
+    try:
+        drive(server, exchange, deliver=to_server)
+    except AbortedError as e:
+        rep.aborted = rep.aborted or e
+    except Exception as e:  # noqa: BLE001 - the campaign records every escape
+        crash("driver (server.close_stage)", e)
     rep.result = server.result
     return rep
 

@@ -608,3 +608,55 @@ def test_backends_agree_within_noise_over_seeds(tmp_path):
             eps.setdefault(backend, []).append(s.epsilon)
     assert eps["opacus"] == eps["cohort"]
     assert abs(np.mean(accs["opacus"]) - np.mean(accs["cohort"])) < 0.1
+
+
+def test_probe_picks_the_faster_path_and_caches_it(monkeypatch):
+    from fl_core.learn import probe as pr
+
+    model = build_model("mlp", in_features=8, seed=0)
+    data = (torch.randn(20, 8), torch.randint(0, 10, (20,)))
+    calls = []
+    real_cohort, real_local = pr.train_cohort, pr.local_train
+
+    def slow_cohort(*a, **k):  # make the vectorized path lose: the cohort path must not take it
+        calls.append("cohort")
+        import time
+        time.sleep(0.2)
+        return real_cohort(*a, **k)
+
+    monkeypatch.setattr(pr, "train_cohort", slow_cohort)
+    p = pr.pick_backend(model, data, clients=4, batch_size=4, dp=None, refresh=True)
+    assert p.backend is Backend.OPACUS and p.opacus_samples_per_s > p.cohort_samples_per_s > 0
+    n = len(calls)
+    assert pr.pick_backend(model, data, clients=4, batch_size=4, dp=None) is p and len(calls) == n  # cached
+    monkeypatch.setattr(pr, "train_cohort", real_cohort)
+
+    def slow_local(*a, **k):
+        import time
+        time.sleep(0.2)
+        return real_local(*a, **k)
+
+    monkeypatch.setattr(pr, "local_train", slow_local)
+    assert pr.pick_backend(model, data, clients=4, batch_size=4, dp=None, refresh=True).backend is Backend.COHORT
+
+
+def test_run_with_the_cohort_backend_trains_with_the_probes_pick(tmp_path, monkeypatch):
+    from fl_core.learn import probe as pr
+    from fl_core.run.loop import run
+
+    picked = []
+    real = pr.pick_backend
+
+    def spy(*a, **k):
+        p = real(*a, **k)
+        picked.append(p.backend.value)
+        return p
+
+    monkeypatch.setattr(pr, "pick_backend", spy)
+    d = json.loads(json.dumps(BASE))
+    d["dp"] = {"mode": "none"}
+    d["rounds"] = 1
+    d.setdefault("local", {})["backend"] = "cohort"
+    run(config_from_dict(d), tmp_path, progress=False, log=lambda m: None)
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert picked and [r["backend"] for r in rows] == picked[:1]

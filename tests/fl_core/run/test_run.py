@@ -127,3 +127,11 @@ def test_personalization_every_r_rounds_and_at_the_end(tmp_path):
     assert [("personalization" in r) for r in rows] == [False, True, False, False]
     final = json.loads((tmp_path / "personalization.json").read_text())
     assert len(final["personal_acc"]) == 20 and 0 <= final["worst10_personal"] <= final["mean_personal"] <= 1
+
+
+def test_metrics_report_seconds_in_training_and_in_secure_aggregation(tmp_path):
+    run(cfg_of(rounds=2, dp={"mode": "none"}), tmp_path, progress=False, log=lambda m: None)
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert r["training_seconds"] > 0 and r["secure_aggregation_seconds"] > 0
+        assert r["training_seconds"] + r["secure_aggregation_seconds"] <= r["seconds"]

@@ -34,6 +34,7 @@ def main(path: str) -> None:
     except Exception as e:  # reported, the test decides
         error = f"{type(e).__name__}: {e}"
     print(json.dumps({"torch": "torch" in sys.modules, "task": "digits_app.task" in sys.modules,
+                      "scipy": "scipy" in sys.modules,
                       "reply_keys": keys, "error": error, "seconds": time.perf_counter() - t0}))
 
 

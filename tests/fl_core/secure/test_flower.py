@@ -616,7 +616,7 @@ def _deflate(obj) -> dict:
 def test_a_protocol_step_in_a_fresh_process_loads_no_torch_nor_training_code(fl, tmp_path):
     """What flwr-clientapp does for each message on the Deployment Engine: a fresh interpreter
     imports the example's client_app module and handles one message (clientapp_probe.py). A
-    protocol step (keys) loads neither torch nor digits_app.task; the setup message (training) does."""
+    protocol step (keys) loads neither torch nor digits_app.task; the shares step (training) does."""
     import subprocess
     from flwr.app import ArrayRecord
     from flwr.serverapp.strategy import FedAvg
@@ -625,13 +625,13 @@ def test_a_protocol_step_in_a_fresh_process_loads_no_torch_nor_training_code(fl,
     client_app, _ = _example_modules()
     captured = {}
 
-    class Capture(fg.InProcessGrid):  # keep the first setup and keys messages, with the node's state before each
+    class Capture(fg.InProcessGrid):  # keep the first keys and shares messages, with the node's state before each
         def send_and_receive(self, messages, *, timeout=None):
             messages = list(messages)
             for m in messages:
                 rec = m.content.config_records.get(flower.RECORD)
                 op = None if rec is None else rec.get("op")
-                if op in ("setup", "step") and op not in captured:
+                if op in ("step", "input") and op not in captured:
                     captured[op] = (m, self.states[m.metadata.dst_node_id], m.metadata.dst_node_id)
             return super().send_and_receive(messages, timeout=timeout)
     nodes = {100 + i: {"partition-id": i, "num-partitions": 3} for i in range(3)}
@@ -652,8 +652,9 @@ def test_a_protocol_step_in_a_fresh_process_loads_no_torch_nor_training_code(fl,
         assert proc.returncode == 0, proc.stderr[-3000:]
         out[op] = json.loads(proc.stdout.splitlines()[-1])
     assert out["step"]["error"] is None and out["step"]["reply_keys"] == ["data"], out
-    assert out["step"]["torch"] is False and out["step"]["task"] is False, out
-    assert out["setup"]["error"] is None and out["setup"]["torch"] is True and out["setup"]["task"] is True, out
+    assert out["step"]["torch"] is False and out["step"]["task"] is False and out["step"]["scipy"] is False, out
+    assert out["input"]["error"] is None and out["input"]["torch"] is True and out["input"]["task"] is True, out
+    assert out["input"]["reply_keys"] == ["data"]
 
 
 def _example_modules():

@@ -1,0 +1,65 @@
+"""`python -m secagg.bench`: exact rounds, the floor's parts, active mode, and what it counts."""
+
+import inspect
+import json
+
+import pytest
+
+from secagg.config import GraphKind, RoundConfig
+from secagg.graph import choose_k_t
+from secagg.tools import bench
+
+SMALL = ["--clients", "12", "--dim", "3000", "--dropout", "0.1", "--repeats", "1"]
+
+
+def test_bench_round_is_exact_and_reports_both_floors_and_the_cipher_cost(tmp_path):
+    path = tmp_path / "r.json"
+    assert bench.main(SMALL + ["--workers", "2", "--json", str(path)]) == 0
+    r = json.loads(path.read_text())
+    assert r["exact"] and r["workers"] == 2 and r["mode"] == "semi-honest"
+    assert r["floor_seconds"] > 0 and r["floor_all_core_seconds"] > 0 and r["floor_aes128_seconds"] > 0
+    assert r["ratio_to_floor"] == pytest.approx(r["round_seconds"] / r["floor_seconds"])
+    assert r["aes256_cost_vs_aes128"] == pytest.approx(r["aes128_ctr_bytes_per_second"] / r["aes256_ctr_bytes_per_second"])
+    assert set(r["stages"]) == {"keys", "shares", "masked_input", "consistency", "unmask"}
+    assert sum(s["seconds"] for s in r["stages"].values()) == pytest.approx(r["round_seconds"], abs=1e-3)
+    assert r["stages"]["consistency"]["upload_bytes"] == 0  # no stage 3 in semi-honest mode
+    assert len(r["load_average"]) == 3
+
+
+def test_bench_active_mode_runs_the_consistency_round(tmp_path):
+    path = tmp_path / "a.json"
+    assert bench.main(SMALL + ["--mode", "active", "--k", "8", "--threshold", "5", "--json", str(path)]) == 0
+    r = json.loads(path.read_text())
+    assert r["exact"] and r["mode"] == "active" and (r["k"], r["threshold"]) == (8, 5)
+    assert r["stages"]["consistency"]["upload_bytes"] > 0
+
+
+def test_bench_active_mode_takes_the_active_rule_or_asks_for_k_and_t(capsys):
+    if "active" in inspect.signature(choose_k_t).parameters:
+        k, t = bench.choose_round(100, graph=GraphKind.SPARSE, mode=bench.Mode.ACTIVE, dropout=0.1, corrupt=0.05,
+                                  k=None, threshold=None)
+        assert (k, t) == choose_k_t(100, dropout=0.1, corrupt=0.05, active=True)
+    else:
+        with pytest.raises(SystemExit) as e:
+            bench.main(SMALL + ["--mode", "active"])
+        assert e.value.code == 2 and "--k and --threshold" in capsys.readouterr().err
+
+
+def test_floor_work_counts_every_mask_and_agreement():
+    # complete graph on 4 clients, nobody drops: 4 clients x (3 pairwise + 1 self) masks, the
+    # server removes 4 self masks; 3 channel-key and 3 mask-key agreements per client
+    cfg = RoundConfig.new(client_ids=range(4), dim=10, bits=32, threshold=2, min_survivors=2)
+    everyone = (0, 1, 2, 3)
+    survivors = {s.value: everyone for s in (bench.ProtocolStage.KEYS.collecting, bench.ProtocolStage.SHARES.collecting,
+                                              bench.ProtocolStage.MASKED_INPUT.collecting)}
+    assert bench.floor_work(cfg, survivors) == ((4 * 4 + 4) * 10 * 4, 4 * 3 + 4 * 3)
+    # client 3 drops after sharing: 3 survivors x (3 + 1), 3 self + 3 of its pairwise masks removed
+    survivors[bench.ProtocolStage.MASKED_INPUT.collecting.value] = (0, 1, 2)
+    assert bench.floor_work(cfg, survivors) == ((3 * 4 + 3 + 3) * 10 * 4, 4 * 3 + 3 * 3 + 3)
+
+
+@pytest.mark.parametrize("bad", [["--repeats", "0"], ["--workers", "0"]])
+def test_bench_refuses_bad_counts(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(SMALL + bad)
+    assert e.value.code == 2

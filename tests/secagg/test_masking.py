@@ -1,0 +1,147 @@
+"""Masks on a thread pool (secagg.masking): the same words as one thread, bounded memory, configurable."""
+
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from secagg import masking, wire
+from secagg.config import RoundConfig
+from secagg.errors import ConfigError, InputError
+from secagg.hazmat import prg
+from secagg.messages import MaskedInput
+from secagg.simulate import DropoutSchedule, Transcript, plain_sum, simulate
+
+C = prg.CHUNK_WORDS
+SEEDS = [bytes([i + 1]) * 32 for i in range(5)]
+
+
+def serial(dim, bits, plus, minus):
+    acc = np.arange(dim, dtype=wire.word_dtype(bits)) % (1 << min(bits, 31))
+    prg.add_masks(acc, plus=plus, minus=minus, bits=bits)
+    return acc
+
+
+@pytest.mark.parametrize("bits", [32, 20, 62])
+@pytest.mark.parametrize("dim", [2 * C, 2 * C + 1, 5 * C + 7])
+@pytest.mark.parametrize("workers", [2, 3, 8])
+def test_pool_masks_equal_one_thread(bits, dim, workers):
+    want = serial(dim, bits, SEEDS[:3], SEEDS[3:])
+    acc = np.arange(dim, dtype=wire.word_dtype(bits)) % (1 << min(bits, 31))
+    masking.add_masks(acc, plus=SEEDS[:3], minus=SEEDS[3:], bits=bits, workers=workers)
+    assert np.array_equal(acc, want)
+
+
+@pytest.mark.parametrize("bits", [32, 62])
+def test_offset_slice_is_that_slice_of_the_whole_keystream(bits):
+    whole = prg.expand(SEEDS[0], 3 * C, bits)
+    per_block = 16 // wire.word_dtype(bits).itemsize
+    for a, b in [(C, 2 * C + 5), (per_block, 7), (2 * C, 3 * C)]:
+        part = np.zeros(b - a, dtype=wire.word_dtype(bits))
+        prg.add_masks(part, plus=[SEEDS[0]], bits=bits, offset=a)
+        assert np.array_equal(part, whole[a:b])
+
+
+@pytest.mark.parametrize("offset", [-4, 3, 1.0])
+def test_offset_not_on_a_block_is_refused(offset):
+    with pytest.raises(InputError, match="offset"):
+        prg.add_masks(np.zeros(8, dtype="<u4"), plus=[SEEDS[0]], bits=32, offset=offset)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dim=st.integers(0, 40 * C), n=st.integers(1, 40))
+def test_slices_cover_the_vector_once_on_chunk_boundaries(dim, n):
+    parts = masking.slices(dim, n)
+    assert len(parts) <= max(1, n)
+    assert parts[0][0] == 0 and parts[-1][1] == dim
+    assert all(a == pb for (_, pb), (a, _) in zip(parts, parts[1:]))
+    assert all(a % C == 0 and a < b for a, b in parts if dim)
+
+
+def test_bad_inputs_raise_before_any_slice_is_touched():
+    acc = np.zeros(3 * C, dtype="<u4")
+    with pytest.raises(InputError, match="seed"):
+        masking.add_masks(acc, plus=[SEEDS[0], b"short"], bits=32, workers=4)
+    assert not acc.any()
+    with pytest.raises(InputError, match="accumulator"):
+        masking.add_masks(np.zeros(3 * C, dtype="<u8"), plus=SEEDS, bits=32, workers=4)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_workers_must_be_a_positive_integer(bad):
+    with pytest.raises(ConfigError, match="workers"):
+        with masking.workers(bad):
+            pass
+    with pytest.raises(ConfigError, match="workers"):
+        masking.add_masks(np.zeros(4, dtype="<u4"), plus=SEEDS, bits=32, workers=bad)
+
+
+def test_default_workers_are_this_process_cores_or_the_environment(monkeypatch):
+    monkeypatch.delenv("SECAGG_WORKERS", raising=False)
+    assert masking.default_workers() == len(__import__("os").sched_getaffinity(0))
+    monkeypatch.setenv("SECAGG_WORKERS", "3")
+    assert masking.current_workers() == 3
+    with masking.workers(5):
+        assert masking.current_workers() == 5
+    assert masking.current_workers() == 3
+    monkeypatch.setenv("SECAGG_WORKERS", "many")
+    with pytest.raises(ConfigError, match="SECAGG_WORKERS.*many"):
+        masking.default_workers()
+
+
+def test_masking_inside_pool_tasks_runs_inline_and_does_not_deadlock():
+    # more tasks than workers, each masking with "all" workers: would deadlock if tasks waited on the pool
+    def task(i):
+        acc = np.zeros(3 * C, dtype="<u4")
+        masking.add_masks(acc, plus=SEEDS[:i + 1], bits=32, workers=2)
+        return masking.current_workers(), acc
+
+    got = []
+    t = threading.Thread(target=lambda: got.extend(masking.imap(task, list(range(5)), workers=2)))
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive()
+    for i, (inner, acc) in enumerate(got):
+        assert inner == 1
+        assert np.array_equal(acc, serial(3 * C, 32, SEEDS[:i + 1], []) - np.arange(3 * C, dtype="<u4"))
+
+
+def test_pool_masking_memory_is_a_chunk_per_worker_not_a_vector():
+    d, workers = 4_000_000, 4
+    acc = np.zeros(d, dtype="<u4")
+    masking.add_masks(acc, plus=SEEDS, bits=32, workers=workers)  # warm the pool outside the trace
+    tracemalloc.start()
+    try:
+        masking.add_masks(acc, plus=SEEDS, minus=SEEDS[:2], bits=32, workers=workers)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    per_task = 2 * C * 4 + 64 * 1024   # zeros + keystream buffer per running slice, plus slack
+    assert peak < workers * per_task + (256 << 10)
+    assert peak < d * 4 / 4            # far below one d-word vector
+
+
+def test_masked_input_encodes_to_the_same_bytes_without_extra_copies():
+    words = np.random.default_rng(0).integers(0, 2**32, size=1000, dtype=np.uint64).astype("<u4")
+    msg = MaskedInput(bytes(32), 3, 32, words)
+    data = wire.encode(msg)
+    assert data.endswith(wire.pack_words(words, 32))
+    assert np.array_equal(wire.decode(data).words, words)
+
+
+@pytest.mark.parametrize("bits", [32, 20])
+def test_round_sums_identical_with_one_and_many_workers_and_equal_the_plain_sum(bits):
+    n, d = 8, 2 * C + 11  # long enough that masks are expanded in slices
+    cfg = RoundConfig.new(client_ids=range(n), dim=d, bits=bits, threshold=3, min_survivors=4)
+    rng = np.random.default_rng(7)
+    inputs = {u: rng.integers(0, 2**bits, size=d, dtype=np.uint64).astype(wire.word_dtype(bits)) for u in range(n)}
+    drops = DropoutSchedule.at(MASKED_INPUT={2}, UNMASK={5})
+    sums = {}
+    for w in (1, 4):
+        res = simulate(cfg, inputs, dropouts=drops, transcript=Transcript.NONE, workers=w)
+        assert res.aborted is None and res.survivors == (0, 1, 3, 4, 5, 6, 7)
+        sums[w] = res.aggregate
+    assert np.array_equal(sums[1], sums[4])
+    assert np.array_equal(sums[4], plain_sum(inputs, (0, 1, 3, 4, 5, 6, 7), bits))
