@@ -17,10 +17,10 @@ import pytest
 import dp.distributed
 import dp.xnoise
 import secagg.hazmat.prg as prg
+from tests.fl_core.overrides import config_with
 from fl_core.audit.checks import audit_run, correlation_p_value, holm, uniformity_p_value, witness_inputs, write_audit
 from fl_core.run.canaries import AUDIT_DIR, read_messages, read_trajectory, write_messages
 from fl_core.cli import main as cli_main
-from fl_core.config import config_from_dict
 from fl_core.run.loop import run
 from fl_core.run.observer import StopAfterRelease, StopRun
 from secagg import wire
@@ -45,13 +45,7 @@ TINY = {"rounds": 2, "clients_per_round": 4, "secure_randomness": False, "seed":
 
 
 def cfg_of(base, **over):
-    d = json.loads(json.dumps(base))
-    for k, v in over.items():
-        if isinstance(v, dict):
-            d.setdefault(k, {}).update(v)
-        else:
-            d[k] = v
-    return config_from_dict(d)
+    return config_with(base, **over)
 
 
 def zero_noise(shape, sigma, *, gen):

@@ -17,10 +17,10 @@ import pytest
 from dp.accounting import Accountant
 from dp.events import ComposedEvent, GaussianEvent, PoissonSampledEvent
 from fl_core.audit.checks import audit_run, render_markdown
-from fl_core.config import config_from_dict
 from fl_core.errors import ConfigFieldError
 from fl_core.learn.cohort import plan_client
 from fl_core.run.loop import run
+from tests.fl_core.overrides import config_with
 from fl_core.run.observer import RunObserver
 from fl_core.run.privacy import privacy_plan
 
@@ -30,13 +30,7 @@ FAST = {"rounds": 1, "clients_per_round": 10, "secure_randomness": False,
 
 
 def cfg_of(**over):
-    d = json.loads(json.dumps(FAST))
-    for k, v in over.items():
-        if isinstance(v, dict):
-            d.setdefault(k, {}).update(v)
-        else:
-            d[k] = v
-    return config_from_dict(d)
+    return config_with(FAST, **over)
 
 
 class Inputs(RunObserver):

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from fl_core.cli import main as cli_main
-from fl_core.config import config_from_dict, default_config, load_config
+from fl_core.config import default_config, load_config
 from fl_core.run.loop import run
+from tests.fl_core.overrides import config_with
 from fl_core.run.observer import StopAfterRelease, StopRun
 
 FAST = {"rounds": 4, "clients_per_round": 10, "secure_randomness": False,
@@ -17,13 +18,7 @@ FAST = {"rounds": 4, "clients_per_round": 10, "secure_randomness": False,
 
 
 def cfg_of(**over):
-    d = json.loads(json.dumps(FAST))
-    for k, v in over.items():
-        if isinstance(v, dict):
-            d.setdefault(k, {}).update(v)
-        else:
-            d[k] = v
-    return config_from_dict(d)
+    return config_with(FAST, **over)
 
 
 def test_nonprivate_secure_run_reaches_90_percent(tmp_path):
