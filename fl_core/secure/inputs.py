@@ -1,6 +1,6 @@
 """One encoding of a client's update into secagg words, and of the sum back into a mean update.
 
-The simulator path (``round.py``) and every transport (``transport.py``, ``flower.py``) go
+The simulator path (``round.py``) and every transport (``transport.py``, the ``flower`` package) go
 through ``Encoder``, so a round means the same thing wherever it runs:
 
 - ``DDG``: client-level distributed DP (``dp.distributed``, KLS 2021): clip, rotate, round, add

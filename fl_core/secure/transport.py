@@ -1,8 +1,8 @@
 """Transport-neutral glue between secagg's sans-I/O parties and any carrier of bytes.
 
 A secure round is a few request/reply exchanges between a server and its clients, each carrying
-opaque bytes. Flower's Message API (``flower.py``) is one carrier; anything that can send bytes to
-a set of clients and collect the replies that arrive before a deadline is another. Nothing here
+opaque bytes. Flower's Message API (the ``flower`` package) is one carrier; anything that can send
+bytes to a set of clients and collect the replies that arrive before a deadline is another. Nothing here
 imports a framework, so the same code is tested in one process and runs over Flower unchanged.
 
 - ``RoundSetup``: what the server sends first: the public ``RoundConfig``, the round number, a
