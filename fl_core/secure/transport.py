@@ -16,7 +16,6 @@ imports a framework, so the same code is tested in one process and runs over Flo
 
 from __future__ import annotations
 
-import enum
 import functools
 import json
 import math
@@ -42,30 +41,12 @@ from secagg.state import ProtocolStage
 from fl_core.secure.inputs import (InputKind, InputSpec, ddg_plan, decode_aggregate, encode_input,  # noqa: F401
                                    known_words)
 
-__all__ = ["Step", "InputKind", "InputSpec", "RoundSetup", "StepResult", "Exchange", "ServerRoundStats",
+__all__ = ["ProtocolStage", "InputKind", "InputSpec", "RoundSetup", "StepResult", "Exchange", "ServerRoundStats",
            "encode_input", "decode_aggregate", "known_words", "check_setup", "client_begin", "client_step",
-           "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION", "NodePolicy", "saved_setup",
-           "STEP_OF_STAGE"]
+           "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION", "NodePolicy", "saved_setup"]
 
 SETUP_VERSION = 1
 _STATE_MAGIC = b"SAfs"  # client state: setup bytes + ClientParty.to_state()
-
-
-class Step(enum.Enum):
-    """One request/reply exchange of a round, named by what the server sends."""
-
-    SETUP = "setup"              # RoundSetup          -> AdvertiseKeys
-    KEYS = "keys"                # KeysBroadcast       -> ShareKeys
-    SHARES = "shares"            # ForwardedShares     -> MaskedInput
-    CONSISTENCY = "consistency"  # ConsistencyRequest  -> ConsistencySignature (active mode)
-    UNMASK = "unmask"            # UnmaskRequest       -> UnmaskResponse
-
-
-#: The exchange that collects each protocol stage (secagg's one stage vocabulary), named by what
-#: the server sends in it: the Flower message types and the ``step_seconds`` keys use these names.
-STEP_OF_STAGE = {ProtocolStage.KEYS: Step.SETUP, ProtocolStage.SHARES: Step.KEYS,
-                 ProtocolStage.MASKED_INPUT: Step.SHARES, ProtocolStage.CONSISTENCY: Step.CONSISTENCY,
-                 ProtocolStage.UNMASK: Step.UNMASK}
 
 
 # ---------------------------------------------------------------------------- round setup
@@ -250,22 +231,24 @@ def client_step(state: bytes, message: bytes, *, signing_key: SigningKey | None 
 
 # ---------------------------------------------------------------------------- server side
 
-#: exchange(step, {client id: bytes to send}) -> {client id: reply bytes} for the replies that came
-#: back before the step's deadline. The carrier must key replies by the sender it authenticated.
-Exchange = Callable[[Step, Mapping[int, bytes]], Mapping[int, bytes]]
+#: exchange(stage, {client id: bytes to send}) -> {client id: reply bytes} for the replies that came
+#: back before the deadline. ``stage`` (secagg's ``ProtocolStage``) is the stage of the replies the
+#: exchange collects: KEYS for the one that sends the RoundSetup, MASKED_INPUT for the one that
+#: sends the forwarded shares. The carrier must key replies by the sender it authenticated.
+Exchange = Callable[[ProtocolStage, Mapping[int, bytes]], Mapping[int, bytes]]
 
 
 @dataclass
 class ServerRoundStats:
-    step_seconds: dict[str, float] = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)  # stage key -> seconds of its exchange
     upload_bytes: dict[int, int] = field(default_factory=dict)     # per client, all its replies
     download_bytes: dict[int, int] = field(default_factory=dict)   # per client, all it was sent
     rejected: dict[int, str] = field(default_factory=dict)         # client -> why its reply was dropped
-    silent: dict[str, tuple[int, ...]] = field(default_factory=dict)  # step -> clients with no reply
+    silent: dict[str, tuple[int, ...]] = field(default_factory=dict)  # stage key -> clients with no reply
 
 
 def run_server_round(setup: RoundSetup, exchange: Exchange, *,
-                     on_step: Callable[[Step, tuple[int, ...]], None] | None = None) -> tuple[RoundResult, ServerRoundStats]:
+                     on_step: Callable[[ProtocolStage, tuple[int, ...]], None] | None = None) -> tuple[RoundResult, ServerRoundStats]:
     """Drive a ServerParty through one round over ``exchange`` (on ``secagg.driver.drive``, the
     driver simulate and the fault campaign use); AbortedError if it aborts.
 
@@ -276,25 +259,24 @@ def run_server_round(setup: RoundSetup, exchange: Exchange, *,
     server = ServerParty(cfg)
     stats = ServerRoundStats()
     payload = setup.to_bytes()
-    timing = {"step": Step.SETUP, "t0": 0.0}
+    t0 = {ProtocolStage.KEYS: 0.0}
 
     def carry(stage: ProtocolStage, outgoing: dict[int, Message | None]):
-        step = STEP_OF_STAGE[stage]
-        timing.update(step=step, t0=time.perf_counter())
+        t0[stage] = time.perf_counter()
         sent = {u: payload if m is None else wire.encode(m) for u, m in outgoing.items()}
         if on_step is not None:
-            on_step(step, tuple(sorted(sent)))
+            on_step(stage, tuple(sorted(sent)))
         for u, data in sent.items():
             stats.download_bytes[u] = stats.download_bytes.get(u, 0) + len(data)
-        replies = exchange(step, sent)
+        replies = exchange(stage, sent)
         for u in sorted(replies):
             if u not in sent:
-                stats.rejected[u] = f"reply to {step.value} from a client that was not asked"
+                stats.rejected[u] = f"{stage.key} reply from a client that was not asked"
                 continue
             stats.upload_bytes[u] = stats.upload_bytes.get(u, 0) + len(replies[u])
             yield u, replies[u]
-        stats.silent[step.value] = tuple(sorted(set(sent) - set(replies)))
-        stats.step_seconds[step.value] = time.perf_counter() - timing["t0"]
+        stats.silent[stage.key] = tuple(sorted(set(sent) - set(replies)))
+        stats.step_seconds[stage.key] = time.perf_counter() - t0[stage]
 
     def deliver(u: int, data: bytes) -> list[Message]:
         try:
@@ -310,7 +292,7 @@ def run_server_round(setup: RoundSetup, exchange: Exchange, *,
         try:
             return server.close_stage()  # the deadline: whoever has not answered dropped out
         finally:
-            stats.step_seconds[timing["step"].value] = time.perf_counter() - timing["t0"]
+            stats.step_seconds[stage.key] = time.perf_counter() - t0[stage]
 
     return drive(server, carry, deliver=deliver, close=close), stats
 

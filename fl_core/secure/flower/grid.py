@@ -15,18 +15,19 @@ from flwr.serverapp import Grid
 
 from secagg.config import GraphKind, RoundConfig
 from secagg.errors import AbortedError, ConfigError
+from secagg.state import ProtocolStage
 
 from fl_core.secure.flower.messages import RECORD, arrays_to_vector, model_record, vector_to_arrays
 from fl_core.secure.flower.settings import SecureSettings
 from fl_core.secure.inputs import InputKind, InputSpec
-from fl_core.secure.transport import RoundSetup, Step, min_survivors_for, run_server_round
+from fl_core.secure.transport import RoundSetup, min_survivors_for, run_server_round
 
 #: error code of a ClientApp exception (flwr.common.constant.ErrorCode.CLIENT_APP_RAISED_EXCEPTION)
 _CLIENT_APP_RAISED_EXCEPTION = 2
 
 
 class GridExchange:
-    """``transport.Exchange`` over a Flower Grid: one train Message per node and step, replies
+    """``transport.Exchange`` over a Flower Grid: one train Message per node and exchange, replies
     collected until ``timeout``; a missing or error reply is a dropout. Replies are keyed by the
     sending node as Flower authenticated it, mapped back to protocol ids."""
 
@@ -39,38 +40,38 @@ class GridExchange:
         self.train_content = dict(train_content or {})  # node id -> the strategy's records for it
         self.log = log
         self.errors: dict[int, str] = {}
-        self.step_rtt: dict[str, float] = {}  # step -> seconds of its send_and_receive
+        self.step_rtt: dict[str, float] = {}  # stage key -> seconds of its send_and_receive
 
-    def __call__(self, step: Step, outgoing: Mapping[int, bytes]) -> dict[int, bytes]:
+    def __call__(self, stage: ProtocolStage, outgoing: Mapping[int, bytes]) -> dict[int, bytes]:
         msgs = []
         for u, data in outgoing.items():
             nid = self.node_of[u]
-            if step is Step.SHARES:  # the message that asks for the masked input carries the model
+            if stage is ProtocolStage.MASKED_INPUT:  # the message that asks for it carries the model
                 base = self.train_content.get(nid)
                 content = RecordDict(dict(base.items()) if base is not None else {})
                 content[RECORD] = ConfigRecord({"op": "input", "data": data})
             else:
-                op = "setup" if step is Step.SETUP else "step"
+                op = "setup" if stage is ProtocolStage.KEYS else "step"
                 content = RecordDict({RECORD: ConfigRecord({"op": op, "data": data})})
             msgs.append(Message(content, dst_node_id=nid, message_type=self.message_type,
                                 group_id=self.group_id, ttl=self.timeout))
         t0 = time.perf_counter()
         replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout))
-        self.step_rtt[step.value] = time.perf_counter() - t0
+        self.step_rtt[stage.key] = time.perf_counter() - t0
         out = {}
         for rep in replies:
             u = self.client_of.get(rep.metadata.src_node_id)
             if rep.has_error():
                 if u is not None:
-                    self.errors[u] = f"{step.value}: error {rep.error.code}: {str(rep.error.reason)[-300:]}"
-                    self.log(f"client {u} dropped out at {step.value}: error reply {rep.error.code}")
+                    self.errors[u] = f"{stage.key}: error {rep.error.code}: {str(rep.error.reason)[-300:]}"
+                    self.log(f"client {u} dropped out at {stage.key}: error reply {rep.error.code}")
                 continue
             if u is None or u not in outgoing:
                 continue
             try:
                 out[u] = bytes(rep.content.config_records[RECORD]["data"])
             except (KeyError, TypeError):
-                self.errors[u] = f"{step.value}: reply without our record"
+                self.errors[u] = f"{stage.key}: reply without our record"
         return out
 
 
@@ -112,12 +113,12 @@ class SecureGrid(Grid):
     the DP budget is spent), then aggregates it as it would any reply (FedAdam's moments, ...).
 
     ``rounds``: a ``RoundRecord`` per round; ``epsilon``: the privacy spent so far (RDP, unit: one
-    client); ``nodes``: node id -> protocol id. ``on_step(round, step, clients)`` is called
-    before each step (tests)."""
+    client); ``nodes``: node id -> protocol id. ``on_step(round, stage, clients)`` is called
+    before each exchange (tests)."""
 
     def __init__(self, grid: Grid, settings: SecureSettings, *, weighted_by_key: str = "num-examples",
                  log: Callable[[str], None] = print,
-                 on_step: Callable[[int, Step, tuple[int, ...]], None] | None = None) -> None:
+                 on_step: Callable[[int, ProtocolStage, tuple[int, ...]], None] | None = None) -> None:
         self.grid, self.settings, self.weighted_by_key, self.log = grid, settings, weighted_by_key, log
         self.on_step = on_step
         self.rounds: list[RoundRecord] = []
@@ -253,7 +254,6 @@ class SecureGrid(Grid):
     def _protocol(self, rec: RoundRecord, spec: InputSpec, node_of: dict[int, int], by_node: dict[int, Message],
                   mtype: str, r: int):
         from fl_core.secure.round import SecureRoundSpec, graph_parameters
-        from secagg.simulate import ProtocolStage
 
         s = self.settings
         kind, k, t = graph_parameters(len(node_of), SecureRoundSpec(
@@ -269,7 +269,7 @@ class SecureGrid(Grid):
         exchange = GridExchange(self.grid, node_of, timeout=s.timeout, group_id=f"secagg-{self._run_tag}-{r}",
                                 message_type=mtype, train_content={nid: msg.content for nid, msg in by_node.items()},
                                 log=self.log)
-        hook = None if self.on_step is None else (lambda step, ids: self.on_step(r, step, ids))
+        hook = None if self.on_step is None else (lambda stage, ids: self.on_step(r, stage, ids))
         try:
             result, stats = run_server_round(setup, exchange, on_step=hook)
         finally:

@@ -28,13 +28,13 @@ from secagg.hazmat.sign import SigningKey
 from secagg.messages import party_of
 from secagg.state import Stage
 
-from fl_core.secure.transport import (InputKind, InputSpec, RoundSetup, Step, check_setup, client_begin,
+from fl_core.secure.transport import (InputKind, InputSpec, ProtocolStage, RoundSetup, check_setup, client_begin,
                                             client_step, decode_aggregate, encode_input, run_server_round,
                                             known_words)
 
 ROOT = Path(__file__).resolve().parents[3]
 APP_DIR = ROOT / "examples" / "flower"
-ORDER = list(Step)
+ORDER = list(ProtocolStage)
 
 
 def plaintext_sum(words: dict[int, np.ndarray], ids, bits: int) -> np.ndarray:
@@ -177,20 +177,20 @@ def test_check_setup_refuses_weaker_rounds():
         check_setup(RoundSetup(big, 1, bytes(32), spec), 0)
 
 
-def local_exchange(words, silent_from: dict[int, Step], states, log=None):
-    """Clients in this process; client u stops answering from step silent_from[u] on."""
-    def exchange(step, outgoing):
+def local_exchange(words, silent_from: dict[int, ProtocolStage], states, log=None):
+    """Clients in this process; client u stops answering from stage silent_from[u] on."""
+    def exchange(stage, outgoing):
         replies = {}
         for u, data in outgoing.items():
-            if u in silent_from and ORDER.index(silent_from[u]) <= ORDER.index(step):
+            if u in silent_from and ORDER.index(silent_from[u]) <= ORDER.index(stage):
                 continue
-            if step is Step.SETUP:
+            if stage is ProtocolStage.KEYS:
                 res = client_begin(RoundSetup.from_bytes(data), client_id=u, words=words[u])
             else:
                 res = client_step(states[u], data)
             states[u] = res.state
             if log is not None:
-                log.append((step, u, res.reply))
+                log.append((stage, u, res.reply))
             if res.reply is not None:
                 replies[u] = res.reply
         return replies
@@ -202,23 +202,23 @@ def test_server_round_survives_a_dropout_at_every_step():
     words = random_words(ids, 40, 24, seed=3)
     cfg = RoundConfig.new(client_ids=ids, dim=40, bits=24, threshold=3, min_survivors=4)
     setup = RoundSetup(cfg, 1, bytes(32), InputSpec(InputKind.WORDS, dim=40, bits=24))
-    silent = {1: Step.SETUP, 3: Step.KEYS, 5: Step.SHARES, 6: Step.UNMASK}
+    silent = {1: ProtocolStage.KEYS, 3: ProtocolStage.SHARES, 5: ProtocolStage.MASKED_INPUT, 6: ProtocolStage.UNMASK}
     res, stats = run_server_round(setup, local_exchange(words, silent, {}))
     # 1 and 3 never shared keys (their masks never entered), 5 sent no masked input, 6 only skipped unmasking
     assert res.survivors == (0, 2, 4, 6, 7)
     assert np.array_equal(res.aggregate, plaintext_sum(words, res.survivors, 24))
-    assert stats.silent["setup"] == (1,) and stats.silent["shares"] == (5,) and stats.silent["unmask"] == (6,)
+    assert stats.silent["keys"] == (1,) and stats.silent["masked_input"] == (5,) and stats.silent["unmask"] == (6,)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(drops=st.lists(st.sampled_from([None, *Step]), min_size=6, max_size=6))
+@given(drops=st.lists(st.sampled_from([None, *ProtocolStage]), min_size=6, max_size=6))
 def test_any_dropout_pattern_gives_the_exact_sum_or_a_clean_abort(drops):
     ids = list(range(6))
     words = random_words(ids, 9, 20, seed=11)
     cfg = RoundConfig.new(client_ids=ids, dim=9, bits=20, threshold=3, min_survivors=3)
     setup = RoundSetup(cfg, 1, bytes(32), InputSpec(InputKind.WORDS, dim=9, bits=20))
-    silent = {u: s for u, s in zip(ids, drops) if s is not None and s is not Step.CONSISTENCY}
-    expect = tuple(u for u in ids if u not in silent or ORDER.index(silent[u]) > ORDER.index(Step.SHARES))
+    silent = {u: s for u, s in zip(ids, drops) if s is not None and s is not ProtocolStage.CONSISTENCY}
+    expect = tuple(u for u in ids if u not in silent or ORDER.index(silent[u]) > ORDER.index(ProtocolStage.MASKED_INPUT))
     try:
         res, _ = run_server_round(setup, local_exchange(words, silent, {}))
     except AbortedError:
@@ -235,16 +235,16 @@ def test_server_never_sees_an_unmasked_input_and_drops_impostors():
     log, states = [], {}
     inner = local_exchange(words, {}, states, log)
 
-    def exchange(step, outgoing):  # client 3 replays client 2's masked input as its own
-        replies = dict(inner(step, outgoing))
-        if step is Step.SHARES:
+    def exchange(stage, outgoing):  # client 3 replays client 2's masked input as its own
+        replies = dict(inner(stage, outgoing))
+        if stage is ProtocolStage.MASKED_INPUT:
             replies[3] = replies[2]
         return replies
     res, stats = run_server_round(setup, exchange)
     assert res.survivors == (0, 1, 2)
     assert "signed as client 2" in stats.rejected[3]
     assert np.array_equal(res.aggregate, plaintext_sum(words, (0, 1, 2), 32))
-    masked = {u: wire.decode(r).words for s, u, r in log if s is Step.SHARES}
+    masked = {u: wire.decode(r).words for s, u, r in log if s is ProtocolStage.MASKED_INPUT}
     for u, y in masked.items():  # 32-bit masks: a coordinate equal to the input has probability 2**-32
         assert np.count_nonzero(y == words[u]) <= 1, u
 
@@ -728,7 +728,7 @@ def deployment_cls():
 @pytest.mark.timeout(290)
 def test_engine_round_with_a_killed_supernode_sums_the_survivors_exactly(deployment_cls, tmp_path):
     """Four SuperNodes run the example app in test-words mode. SuperNode 3 is killed (SIGKILL of its
-    process group) just before the shares step, after it shared its keys; the round completes with
+    process group) just before the masked-input exchange, after it shared its keys; the round completes with
     the three survivors, and the aggregate equals their plaintext sum. (Complete graph, n = 4, so
     t = 2: each survivor's masks need 2 live neighbours, which one dropout leaves.)"""
     result, progress = tmp_path / "res.json", tmp_path / "progress.jsonl"
@@ -740,7 +740,7 @@ def test_engine_round_with_a_killed_supernode_sums_the_survivors_exactly(deploym
         def killer():
             while not done.is_set():
                 lines = progress.read_text().splitlines() if progress.exists() else []
-                if any(json.loads(line)["step"] == "shares" for line in lines):
+                if any(json.loads(line)["stage"] == "masked_input" for line in lines):
                     dep.kill_node(3)
                     return
                 time.sleep(0.1)
