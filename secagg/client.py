@@ -34,7 +34,7 @@ from .messages import (AdvertiseKeys, ConsistencyRequest, ConsistencySignature, 
 from .state import Event, Stage, next_stage
 
 STAGE_SHARES = 1  # the AEAD stage byte for encrypted shares
-STATE_VERSION = 2  # ClientParty.to_state() layout; v2 records the round digest
+STATE_VERSION = 3  # ClientParty.to_state() layout; v2 records the round digest, v3 only mask keys of peers
 _STATE_MAGIC = b"SAst"
 
 
@@ -102,7 +102,7 @@ class ClientParty:
             raise LocalProtocolError(f"signing_key does not match verify_keys[{client_id}]")
         self.config = config
         self.id = client_id
-        self.neighbours = frozenset(config.neighbours(client_id))
+        self.neighbours = config.neighbours(client_id)  # sorted tuple (a set of k ids per client is n*k sets' worth)
         if config.excess_noise != (noise_seed is not None):
             raise LocalProtocolError("config.excess_noise needs a noise_seed, and a round without it "
                                      "must not be given one")
@@ -116,7 +116,7 @@ class ClientParty:
         self._channel: kex.KeyPair | None = None
         self._mask: kex.KeyPair | None = None
         self._self_seed: bytes | None = None
-        self._peers: dict[int, tuple[bytes, bytes]] = {}   # U1 neighbours: id -> (c_pk, s_pk)
+        self._peers: dict[int, bytes] = {}                 # U1 neighbours: id -> s_pk (c_pk is spent in stage 1)
         self._held: dict[int, tuple[bytes, ...]] = {}      # U2 neighbours: (sk, b[, noise seed]) shares
         self._share_keys: dict[int, bytes] = {}            # AEAD key per U1 neighbour, agreed once
         self._survivors: tuple[int, ...] | None = None
@@ -210,7 +210,7 @@ class ClientParty:
                 "channel": [self._channel.private.hex(), self._channel.public.hex()] if self._channel else None,
                 "mask": [self._mask.private.hex(), self._mask.public.hex()] if self._mask else None,
                 "self_seed": hx(self._self_seed), "noise_seed": hx(self._noise_seed),
-                "peers": {str(v): [c.hex(), s.hex()] for v, (c, s) in self._peers.items()},
+                "peers": {str(v): s.hex() for v, s in self._peers.items()},
                 "held": {str(v): [x.hex() for x in shares] for v, shares in self._held.items()},
                 "share_keys": {str(v): k.hex() for v, k in self._share_keys.items()},
                 "survivors": None if self._survivors is None else list(self._survivors)}
@@ -239,7 +239,7 @@ class ClientParty:
             keys = [(k, None if head[k] is None else kex.KeyPair(*map(bytes.fromhex, head[k])))
                     for k in ("channel", "mask")]
             self_seed = unhex(head["self_seed"])
-            peers = {int(v): (bytes.fromhex(c), bytes.fromhex(s)) for v, (c, s) in head["peers"].items()}
+            peers = {int(v): bytes.fromhex(s) for v, s in head["peers"].items()}
             held = {int(v): tuple(bytes.fromhex(x) for x in shares) for v, shares in head["held"].items()}
             noise_seed = unhex(head.get("noise_seed"))
             share_keys = {int(v): bytes.fromhex(k) for v, k in head["share_keys"].items()}
@@ -274,7 +274,7 @@ class ClientParty:
         peers: dict[int, tuple[bytes, bytes]] = {}
         seen_keys = {self._channel.public, self._mask.public}
         for p in msg.peers:
-            if p.client_id not in self.neighbours:
+            if not _has(self.neighbours, p.client_id):
                 raise UnknownClientError(f"client {self.id}: keys of {p.client_id}, who is not a neighbour")
             if len(p.channel_pk) != 32 or len(p.mask_pk) != 32:
                 raise DecodeError(f"client {self.id}: keys of {p.client_id} have the wrong length")
@@ -295,7 +295,6 @@ class ClientParty:
                                      f"round parameters")
         if len(peers) < cfg.threshold:
             self._abort(f"only {len(peers)} neighbours advertised keys, fewer than threshold t={cfg.threshold}")
-        self._peers = peers
         channel_sk = kex.private_key(self._channel.private)
         self._self_seed = self._randbytes(32)
         ids = sorted(peers)
@@ -304,17 +303,19 @@ class ClientParty:
         b_shares = shamir.split(self._self_seed, threshold=cfg.threshold, xs=xs, randbytes=self._randbytes)
         noise_shares = (shamir.split(self._noise_seed, threshold=cfg.threshold, xs=xs, randbytes=self._randbytes)
                         if cfg.excess_noise else [None] * len(ids))
-        out = []
+        out, share_keys = [], {}
         for v, sk_share, b_share, noise_share in zip(ids, sk_shares, b_shares, noise_shares):
             key = kex.share_key(channel_sk, peers[v][0], session_id=cfg.session_id, u=self.id, v=v)
-            key = self._share_keys[v] = bound_share_key(key, session_id=cfg.session_id, u=self.id,
-                                                        u_mask_pk=self._mask.public, v=v, v_mask_pk=peers[v][1])
+            key = share_keys[v] = bound_share_key(key, session_id=cfg.session_id, u=self.id,
+                                                  u_mask_pk=self._mask.public, v=v, v_mask_pk=peers[v][1])
             plaintext = struct.pack(">II", self.id, v) + sk_share.to_bytes() + b_share.to_bytes()
             if noise_share is not None:
                 plaintext += noise_share.to_bytes()
             out.append(EncryptedShare(v, aead.seal(key, plaintext, round_digest=cfg.round_digest,
                                                    stage=STAGE_SHARES, sender=self.id, receiver=v)))
         commitment = self_mask_commitment(cfg.round_digest, self.id, self._self_seed)
+        self._peers = {v: mask_pk for v, (_, mask_pk) in peers.items()}
+        self._share_keys = share_keys
         self._noise_seed = None  # it lives on only in the shares
         return ShareKeys(cfg.session_id, self.id, commitment, tuple(out))
 
@@ -344,7 +345,7 @@ class ClientParty:
         plus, minus = [self._self_seed], []
         mask_sk = kex.private_key(self._mask.private)
         for v in sorted(held):  # may raise (bad peer key): before any state changes
-            seed = kex.pairwise_mask_seed(mask_sk, self._peers[v][1], session_id=cfg.session_id,
+            seed = kex.pairwise_mask_seed(mask_sk, self._peers[v], session_id=cfg.session_id,
                                           u=self.id, v=v)
             (plus if mask_sign(self.id, v) > 0 else minus).append(seed)
         self._held = held
@@ -415,7 +416,7 @@ class ClientParty:
             signers = set()  # only our own neighbours count, each once, on exactly this list
             signed = survivors_signed_bytes(cfg.round_digest, msg.survivors)
             for s in msg.signatures:
-                if s.client_id not in self.neighbours or s.client_id in signers or not _has(msg.survivors, s.client_id):
+                if not _has(self.neighbours, s.client_id) or s.client_id in signers or not _has(msg.survivors, s.client_id):
                     continue
                 try:
                     verify(cfg.verify_keys[s.client_id], s.signature, signed)
