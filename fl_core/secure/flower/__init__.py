@@ -24,7 +24,7 @@ The mapping onto Flower (docs/flower.md):
 - protocol ids are the nodes' ``partition-id`` (node config), learnt in one hello round trip the
   first time a node is sampled; in active mode each node proves its id with its signing key.
 - what a node requires of a round (its trust file of verify keys, its floors, its epsilon cap)
-  comes from its own node config (``NodePolicy``), never from the server.
+  comes from its own node config (secagg's ``ClientPolicy``, ``node_policy``), never from the server.
 
 The package, by side: ``messages`` (our record names, a model's arrays as one vector), ``node``
 (the node config and the node's policy), ``mod`` (the node: ``secagg_mod``, ``SecureClientApp``),
@@ -35,10 +35,10 @@ The package, by side: ``messages`` (our record names, a model's arrays as one ve
 from fl_core.secure.flower.grid import GridExchange, RoundRecord, SecureGrid
 from fl_core.secure.flower.messages import RECORD, STATE_RECORD, arrays_to_vector, model_record, vector_to_arrays
 from fl_core.secure.flower.mod import SecureClientApp, secagg_mod
-from fl_core.secure.flower.node import (NODE_CONFIG_KEYS, file_signing_key, node_policy, partition_client_id,
-                                        read_trust_file)
+from fl_core.secure.flower.node import (NODE_CONFIG_KEYS, file_signing_key, node_max_epsilon, node_policy,
+                                        partition_client_id, read_trust_file)
 from fl_core.secure.flower.settings import RUN_CONFIG_KEYS, SecureSettings
 
 __all__ = ["secagg_mod", "SecureClientApp", "SecureGrid", "SecureSettings", "GridExchange", "RoundRecord",
-           "node_policy", "arrays_to_vector", "vector_to_arrays", "RECORD", "STATE_RECORD", "RUN_CONFIG_KEYS",
+           "node_policy", "node_max_epsilon", "arrays_to_vector", "vector_to_arrays", "RECORD", "STATE_RECORD", "RUN_CONFIG_KEYS",
            "NODE_CONFIG_KEYS", "model_record", "partition_client_id", "file_signing_key", "read_trust_file"]

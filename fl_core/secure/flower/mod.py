@@ -9,9 +9,9 @@ from flwr.clientapp import ClientApp
 from secagg.errors import InputError, LocalProtocolError, RefusedRequestError
 
 from fl_core.secure.flower.messages import RECORD, STATE_RECORD, arrays_to_vector, model_record
-from fl_core.secure.flower.node import file_signing_key, node_policy, partition_client_id
+from fl_core.secure.flower.node import file_signing_key, node_max_epsilon, node_policy, partition_client_id
 from fl_core.secure.inputs import InputKind
-from fl_core.secure.transport import RoundSetup, check_setup, client_begin, client_step, saved_setup
+from fl_core.secure.transport import RoundSetup, client_begin, client_step, saved_setup
 
 
 def _reply(msg: Message, **values) -> Message:
@@ -40,8 +40,8 @@ def secagg_mod(msg: Message, context: Context, call_next) -> Message:
     if op == "setup":
         setup = RoundSetup.from_bytes(bytes(rec["data"]))
         u = partition_client_id(context)
-        check_setup(setup, u, policy=node_policy(context))
-        res = client_begin(setup, client_id=u, signing_key=file_signing_key(context))
+        res = client_begin(setup, client_id=u, policy=node_policy(context), max_epsilon=node_max_epsilon(context),
+                           signing_key=file_signing_key(context))
         context.state.config_records[STATE_RECORD] = ConfigRecord({"state": res.state})
         return _reply(msg, data=res.reply)
     if op not in ("step", "input"):

@@ -1,5 +1,6 @@
 """The node's side of the configuration: its node config keys, its protocol id, its signing key
-and its policy (what it requires of a round), read from its own node config only."""
+and its policy (what it requires of a round: secagg's ``ClientPolicy`` and an epsilon cap), read
+from its own node config only."""
 
 from __future__ import annotations
 
@@ -7,21 +8,23 @@ import json
 
 from flwr.app import Context
 
+from secagg.config import ClientPolicy
 from secagg.errors import ConfigError
 from secagg.hazmat.sign import SigningKey
-
-from fl_core.secure.transport import NodePolicy
 
 #: node config (``flower-supernode --node-config``): key -> meaning (docs/flower.md)
 NODE_CONFIG_KEYS = {
     "partition-id": "the node's protocol id (and data partition); required",
     "secagg-signing-key-file": "active mode: file with 64 hex digits, the node's Ed25519 signing key",
     "secagg-trust-file": "active mode: JSON {client id: 64 hex digits} of every client's verify key; "
-                         "the node takes part only in active rounds with exactly these keys",
-    "secagg-min-threshold": "refuse rounds whose Shamir threshold t is smaller",
-    "secagg-min-k": "refuse rounds in which this node has fewer neighbours",
-    "secagg-min-survivors": "refuse rounds whose min_survivors (absolute) is smaller",
+                         "the node takes part only in active rounds with exactly these keys (without it, "
+                         "it refuses every active round: it never takes verify keys from the server)",
+    "secagg-min-threshold": "refuse rounds whose Shamir threshold t is smaller (default 2)",
+    "secagg-min-k": "refuse rounds whose neighbour count k is smaller (default 2)",
+    "secagg-min-survivors": "refuse rounds whose min_survivors (absolute) is smaller (default 2)",
     "secagg-min-bits": "refuse rounds with narrower words",
+    "secagg-min-corrupt-neighbours": "active mode: refuse rounds whose (k, t) tolerate fewer corrupt neighbours "
+                                     "(max_corrupt_neighbours, 2t > k + c)",
     "dp-max-epsilon": "refuse rounds that promise a larger epsilon, or no DP",
     "secagg-allow-plain-train": "also serve train messages without a secure round (off: a raw update "
                                 "never leaves the node)",
@@ -70,13 +73,21 @@ def read_trust_file(path: str) -> dict[int, bytes]:
     return keys
 
 
-def node_policy(context: Context) -> NodePolicy:
-    """The node's own requirements of a round, from its node config only."""
-    trust = context.node_config.get("secagg-trust-file")
-    return NodePolicy(verify_keys=read_trust_file(str(trust)) if trust else None,
-                      min_threshold=_node_value(context, "secagg-min-threshold", int, 1),
-                      min_k=_node_value(context, "secagg-min-k", int, 1),
-                      min_survivors=_node_value(context, "secagg-min-survivors", int, 2),
-                      min_bits=_node_value(context, "secagg-min-bits", int, 1),
-                      max_epsilon=_node_value(context, "dp-max-epsilon", float, None))
+#: node config key -> ClientPolicy field (the floors); an absent key keeps ClientPolicy's default
+_FLOOR_KEYS = {"secagg-min-threshold": "min_threshold", "secagg-min-k": "min_k",
+               "secagg-min-survivors": "min_survivors", "secagg-min-bits": "min_bits",
+               "secagg-min-corrupt-neighbours": "min_corrupt_neighbours"}
 
+
+def node_policy(context: Context) -> ClientPolicy:
+    """What the node holds itself and checks every setup against (secagg's ``ClientPolicy``): the
+    verify keys of its trust file and its floors, from its node config only."""
+    trust = context.node_config.get("secagg-trust-file")
+    floors = {field: _node_value(context, key, int, None) for key, field in _FLOOR_KEYS.items()}
+    return ClientPolicy(verify_keys=read_trust_file(str(trust)) if trust else None,
+                        **{field: v for field, v in floors.items() if v is not None})
+
+
+def node_max_epsilon(context: Context) -> float | None:
+    """The largest epsilon the node accepts (``dp-max-epsilon``); None: no cap."""
+    return _node_value(context, "dp-max-epsilon", float, None)
