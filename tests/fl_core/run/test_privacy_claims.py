@@ -57,6 +57,7 @@ def test_sample_level_dp_sends_no_example_count(tmp_path):
     assert rec["adjacency"] == "add-remove" and "one example" in rec["neighbouring_relation"]
     assert "uniform weights" in rec["mechanisms"][0]["trust"]
     assert "keystream" in rec["local_training"]["dp_sgd_noise_generator"]
+    assert rec["mechanisms"][0]["wrap_probability"]["per_round"] == 0.0  # fixed point sized not to wrap
 
 
 def test_client_level_records_honest_survivors_adjacency_and_wrap(tmp_path):
