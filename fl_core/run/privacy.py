@@ -92,8 +92,7 @@ class PrivacyPlan:
     mode: DPMode = DPMode.NONE
     #: The distributed discrete Gaussian plan secure aggregation adds noise with (client level only).
     ddg: DDGPlan | None = None
-    #: The most clients a round may hold; a larger (Poisson-sampled) round aborts unreleased.
-    cohort_cap: int | None = None
+    cohort_cap: int | None = None  # the most clients a round may hold; a larger (Poisson) round aborts
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -451,10 +450,8 @@ class SampleLevelDP(PrivacyPlan):
                            "batch_size": cfg.local.batch_size, "local_epochs": cfg.local.epochs,
                            "local_steps": cfg.local.steps, "grad_sample_mode": dp.grad_sample_mode.value,
                            "planned_visits_per_client": self.planned_visits},
-            "wrap_probability": {
-                "per_coordinate": 0.0, "per_round": 0.0,
-                "model": ("none can wrap: the fixed-point scale is chosen so that the sum of max_clients inputs, each "
-                          "clipped to secagg's l2_clip, fits the modulus (secagg.encoding.FixedPointEncoding.for_sum)")},
+            "wrap_probability": {"per_coordinate": 0.0, "per_round": 0.0, "model": (
+                "none can wrap: the fixed-point scale fits the sum of max_clients clipped inputs (FixedPointEncoding.for_sum)")},
             "epsilon_worst_client": worst, "worst_client": worst_id, "delta": dp.delta,
             "epsilon_per_client": per,
         }
@@ -487,16 +484,14 @@ def epsilons_rdp(history: Sequence, delta: float, adjacency: Adjacency | None = 
 
 
 def poisson_cohort_cap(population: int, rate: float) -> int:
-    """The most clients a Poisson-sampled round may hold: mean + 7 standard deviations of
-    Binomial(population, rate), exceeded with probability about 1e-12 (a larger round aborts)."""
+    """Most clients of a Poisson round: mean + 7 sd of Binomial(population, rate) (a larger round aborts)."""
     mean = population * rate
     return min(population, math.ceil(mean + 7.0 * math.sqrt(mean * (1.0 - rate))) + 1)
 
 
 def privacy_plan(cfg: RunConfig, *, sizes: np.ndarray, dim: int, min_survivors: int, max_clients: int,
                  cohort_cap: int | None = None) -> PrivacyPlan:
-    """The plan of ``cfg.dp.mode`` for a run over clients with ``sizes`` examples and ``dim`` parameters;
-    ``cohort_cap``: the most clients a round may hold (default ``max_clients``)."""
+    """The plan of ``cfg.dp.mode`` for clients with ``sizes`` examples, ``dim`` parameters, rounds of <= ``cohort_cap``."""
     if cfg.dp.mode is DPMode.CLIENT:
         return ClientLevelDP(cfg, dim=dim, min_survivors=min_survivors, max_clients=max_clients,
                              cohort_cap=cohort_cap)
