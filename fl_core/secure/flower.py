@@ -270,6 +270,8 @@ RUN_CONFIG_KEYS = {
     "secagg-l2-clip": ("l2_clip", "L2 bound on one node's update (both encodings)"),
     "secagg-example-cap": ("example_cap", "without DP: public bound on a node's example count (its weight)"),
     "secagg-verify-keys": ("verify_keys", '"id:hex,...": the nodes\' Ed25519 keys; turns on the active mode'),
+    "secagg-poll-interval": ("poll_interval", "seconds between the server's pulls for replies within a step "
+                                              "(Flower's own Grid.send_and_receive pulls every 3 s)"),
     "secagg-test-dim": ("test_dim", "test only: > 0 sends known words of this length instead of training"),
     "secagg-test-seed": ("test_seed", "test only: the seed of those words"),
     "dp-epsilon": ("epsilon", "client-level epsilon over dp-rounds rounds (distributed discrete Gaussian); "
@@ -304,13 +306,14 @@ class SecureSettings:
     verify_keys: Mapping[int, bytes] | None = None
     test_dim: int = 0
     test_seed: int = 0
+    poll_interval: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("bits", "example_cap", "dp_rounds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise _bad(name, v, "must be a positive int")
-        for name in ("timeout", "l2_clip", "delta"):
+        for name in ("timeout", "l2_clip", "delta", "poll_interval"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise _bad(name, v, "must be a positive number")
@@ -357,7 +360,7 @@ class SecureSettings:
             elif name == "verify_keys":
                 v = _parse_verify_keys(key, v) if v else None
             elif name in ("min_survivors", "threshold", "expected_dropout", "epsilon", "delta", "l2_clip",
-                          "timeout") and isinstance(v, int) and not isinstance(v, bool):
+                          "timeout", "poll_interval") and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)
             kw[name] = v
         return cls(**kw)
@@ -387,6 +390,23 @@ def _parse_verify_keys(key: str, text) -> dict[int, bytes]:
 # ---------------------------------------------------------------------------- server: the grid
 
 
+def send_and_receive_polling(grid: Grid, messages: list[Message], *, timeout: float, poll: float) -> list[Message]:
+    """``grid.send_and_receive`` that pulls every ``poll`` seconds (Flower's Deployment Engine grid
+    pulls every 3 s): push, then pull until every message has its reply or ``timeout`` passed."""
+    waiting = {mid for mid in grid.push_messages(messages) if mid}
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while waiting:
+        got = list(grid.pull_messages(waiting))
+        replies += got
+        waiting -= {m.metadata.reply_to_message_id for m in got}
+        left = deadline - time.monotonic()
+        if not waiting or left <= 0:
+            break
+        time.sleep(min(poll, left))
+    return replies
+
+
 class GridExchange:
     """``transport.Exchange`` over a Flower Grid: one train Message per node and step, replies
     collected until ``timeout``; a missing or error reply is a dropout. Replies are keyed by the
@@ -394,8 +414,9 @@ class GridExchange:
 
     def __init__(self, grid: Grid, node_of: Mapping[int, int], *, timeout: float, group_id: str,
                  message_type: str = "train", train_content: Mapping[int, RecordDict] | None = None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, poll: float = 0.1) -> None:
         self.grid, self.node_of, self.timeout, self.group_id = grid, dict(node_of), timeout, group_id
+        self.poll = poll
         self.client_of = {nid: u for u, nid in self.node_of.items()}
         self.message_type = message_type
         self.train_content = dict(train_content or {})  # node id -> the strategy's records for it
@@ -417,7 +438,7 @@ class GridExchange:
             msgs.append(Message(content, dst_node_id=nid, message_type=self.message_type,
                                 group_id=self.group_id, ttl=self.timeout))
         t0 = time.perf_counter()
-        replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout))
+        replies = send_and_receive_polling(self.grid, msgs, timeout=self.timeout, poll=self.poll)
         self.step_rtt[step.value] = time.perf_counter() - t0
         out = {}
         for rep in replies:
@@ -539,7 +560,8 @@ class SecureGrid(Grid):
                         message_type=message_type, group_id=f"secagg-{self._run_tag}-hello", ttl=s.timeout)
                 for nid in node_ids]
         answered = set()
-        for rep in sorted(self.grid.send_and_receive(msgs, timeout=s.timeout), key=lambda m: m.metadata.src_node_id):
+        replies = send_and_receive_polling(self.grid, msgs, timeout=s.timeout, poll=s.poll_interval)
+        for rep in sorted(replies, key=lambda m: m.metadata.src_node_id):
             nid = rep.metadata.src_node_id
             if rep.has_error() or nid not in node_ids:
                 continue
@@ -630,7 +652,7 @@ class SecureGrid(Grid):
         setup = RoundSetup(cfg, r, os.urandom(32), spec)
         exchange = GridExchange(self.grid, node_of, timeout=s.timeout, group_id=f"secagg-{self._run_tag}-{r}",
                                 message_type=mtype, train_content={nid: msg.content for nid, msg in by_node.items()},
-                                log=self.log)
+                                log=self.log, poll=s.poll_interval)
         hook = None if self.on_step is None else (lambda step, ids: self.on_step(r, step, ids))
         try:
             result, stats = run_server_round(setup, exchange, on_step=hook)

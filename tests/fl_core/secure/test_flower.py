@@ -626,14 +626,14 @@ def test_a_protocol_step_in_a_fresh_process_loads_no_torch_nor_training_code(fl,
     captured = {}
 
     class Capture(fg.InProcessGrid):  # keep the first keys and shares messages, with the node's state before each
-        def send_and_receive(self, messages, *, timeout=None):
+        def push_messages(self, messages):
             messages = list(messages)
             for m in messages:
                 rec = m.content.config_records.get(flower.RECORD)
                 op = None if rec is None else rec.get("op")
                 if op in ("step", "input") and op not in captured:
                     captured[op] = (m, self.states[m.metadata.dst_node_id], m.metadata.dst_node_id)
-            return super().send_and_receive(messages, timeout=timeout)
+            return super().push_messages(messages)
     nodes = {100 + i: {"partition-id": i, "num-partitions": 3} for i in range(3)}
     grid = Capture(client_app.app, nodes, run_config=rc)
     from digits_app.task import build_model  # noqa: E402 (on sys.path while the example modules load)
