@@ -214,7 +214,7 @@ class ClientPolicy:
 
     ``check`` refuses a setup whose verify key for some client differs from ours (naming the first
     such client), that names a client we have no key for, that is not in active mode while we hold
-    keys, or that is weaker than a floor: t, k, min_survivors, bits, max_corrupt_neighbours. A
+    keys, that is in active mode while we hold none, or that is weaker than a floor: t, k, min_survivors, bits, max_corrupt_neighbours. A
     server that could hand a client other keys or a lower threshold would otherwise defeat the
     active mode by itself (key swap, or a setup with t = 1)."""
 
@@ -239,6 +239,9 @@ class ClientPolicy:
     def check(self, cfg: RoundConfig) -> None:
         """Raise RefusedRequestError naming what is wrong with ``cfg``; return if it may be run."""
         from .errors import RefusedRequestError
+        if self.verify_keys is None and cfg.mode is Mode.ACTIVE:
+            raise RefusedRequestError("setup refused: it is in active mode but this client holds no verify keys "
+                                      "of its own (node config, a trusted file); it never takes them from the setup")
         if self.verify_keys is not None:
             if cfg.mode is not Mode.ACTIVE:
                 raise RefusedRequestError("setup refused: this client holds verify keys (active mode) but the "

@@ -118,6 +118,9 @@ class FixedPointEncoding:
         object.__setattr__(self, "clip", _positive_finite(self.clip, "clip"))
         object.__setattr__(self, "scale", _positive_finite(self.scale, "scale"))
         object.__setattr__(self, "max_clients", _check_int(self.max_clients, "max_clients", 1))
+        if not math.isfinite(self.clip * self.scale):
+            raise OverflowRiskError(f"clip*scale = {self.clip!r}*{self.scale!r} overflows a float: no word of "
+                                    f"2**bits = 2**{self.bits} can hold it; use a smaller clip*scale")
         top = 2 * self.offset
         worst = self.max_clients * top
         if worst > 2**self.bits - 1:

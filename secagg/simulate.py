@@ -22,7 +22,7 @@ from .client import ClientParty
 from .config import Mode, RoundConfig
 from .driver import drive
 from .encoding import FixedPointEncoding
-from .errors import AbortedError, ConfigError, OverflowRiskError
+from .errors import AbortedError, ConfigError, InputError, OverflowRiskError
 from .hazmat.sign import SigningKey
 from .messages import Message
 from .server import ServerParty
@@ -144,7 +144,13 @@ def simulate(config: RoundConfig, inputs: InputSource, *, dropouts: DropoutSched
     per_client: dict[int, float] = defaultdict(float)
     record: list[tuple[int, int, bytes]] = []
     upload: dict[int, int] = {}
-    get_input = inputs if callable(inputs) else inputs.__getitem__
+    if callable(inputs):
+        get_input = inputs
+    else:
+        def get_input(u: int) -> np.ndarray:
+            if u not in inputs:
+                raise InputError(f"inputs has no entry for client {u}, which reached the masked-input stage")
+            return inputs[u]
     now = [ProtocolStage.KEYS]
 
     def run_client(job: tuple[int, bytes | None]) -> tuple[int, bytes | None, float]:

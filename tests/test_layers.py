@@ -76,3 +76,14 @@ def test_no_import_cycle():
         if u not in state:
             visit(u, [])
     assert cycles == []
+
+
+def test_fl_core_files_and_functions_stay_short():
+    """Issue 13's targets, read from the code: no fl_core module past 500 lines, no function past 80."""
+    long_files = {name: n for name, p in MODS.items() if name.startswith("fl_core")
+                  and (n := len(p.read_text().splitlines())) > 500}
+    assert long_files == {}
+    long_functions = [(name, f.name, f.end_lineno - f.lineno + 1) for name, p in MODS.items()
+                      if name.startswith("fl_core") for f in ast.walk(ast.parse(p.read_text()))
+                      if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.end_lineno - f.lineno + 1 > 80]
+    assert long_functions == []

@@ -81,7 +81,8 @@ def _guarantee_lines(rep: dict) -> list[str]:
     return out
 
 
-def render_markdown(rep: dict) -> str:
+def _verdict(rep: dict) -> list[str]:
+    """The verdict, the headline figures and what an empirical epsilon means."""
     L: list[str] = []
     verdict = "FLAGGED" if rep["flagged"] else "not flagged"
     L.append(f"# Privacy audit of `{rep['run_dir']}`\n")
@@ -104,7 +105,12 @@ def render_markdown(rep: dict) -> str:
     L.append("An empirical epsilon is measured evidence, not a guarantee: a low value does not prove privacy "
              "(the canaries may be weak attacks), a value above the claim (beyond its confidence interval) "
              "means the run leaked more than it promised. See docs/audit.md.\n")
+    return L
 
+
+def _guarantees_section(rep: dict) -> list[str]:
+    """1. The mechanisms, the run's parameters and the re-accounting."""
+    L: list[str] = []
     L.append("## 1. Guarantees\n")
     if not rep["mechanisms"]:
         L.append("No differential privacy in this run: secure aggregation only.\n")
@@ -127,7 +133,12 @@ def render_markdown(rep: dict) -> str:
             L.append(f"Re-accounting the DP-SGD steps of {le['clients']} clients in `privacy_ledger.jsonl`: worst RDP "
                      f"{fmt(le['rdp'])}; client {le['worst_client']} reaches {fmt(le['tightest'])} with the tightest "
                      "accountant (the claim must not be below this).\n")
+    return L
 
+
+def _dropouts_section(rep: dict) -> list[str]:
+    """2. Dropouts against the noise calibration."""
+    L: list[str] = []
     d = rep["dropouts"]
     L.append("## 2. Dropouts and the noise calibration\n")
     L.append(d["note"][0].upper() + d["note"][1:] + ".\n")
@@ -142,7 +153,12 @@ def render_markdown(rep: dict) -> str:
         L.append(f"| {row['round']} | {row['sampled']} | {row['canaries']} | {row['survivors']} "
                  f"| {fmt(row['aborted'])} |")
     L.append("")
+    return L
 
+
+def _secagg_section(rep: dict) -> list[str]:
+    """3. The protocol, its parameters and their failure bounds."""
+    L: list[str] = []
     s = rep["secure_aggregation"]
     L.append("## 3. Secure aggregation\n")
     L.append(f"Protocol: SecAgg (Bonawitz et al. CCS 2017) with the SecAgg+ neighbour graph (Bell et al. CCS 2020); "
@@ -160,7 +176,12 @@ def render_markdown(rep: dict) -> str:
         L.append(f"| {span} | {row['n']} | {row['graph']} | {row['k']} | {row['t']} | {fmt(row['dropout_assumed'], 3)} "
                  f"| {fmt(row.get('security_log2'))} | {fmt(row.get('correctness_log2'))} |")
     L.append("")
+    return L
 
+
+def _server_view_section(rep: dict) -> list[str]:
+    """4. The server-view checks."""
+    L: list[str] = []
     v = rep["server_view"]
     L.append("## 4. What the server saw\n")
     if not v["recorded_rounds"]:
@@ -183,7 +204,12 @@ def render_markdown(rep: dict) -> str:
         if w is not None:
             L.append(f"| witness (re-derivation) | {'pass' if w['ok'] else '**FAIL**'} | {w['test']} |")
         L.append("")
+    return L
 
+
+def _empirical_section(rep: dict) -> list[str]:
+    """5. The canary estimates."""
+    L: list[str] = []
     L.append("## 5. Empirical privacy\n")
     cc = rep["empirical"]["client_canaries"]
     ec = rep["empirical"]["example_canaries"]
@@ -219,13 +245,24 @@ def render_markdown(rep: dict) -> str:
         for row in ec["per_guess_size"]:
             L.append(f"| {row['k_in']} / {row['k_out']} | {row['correct']} | {fmt(row['epsilon_lower_bound'])} |")
         L.append("")
+    return L
 
+
+def _digests_section(rep: dict) -> list[str]:
+    """6. Where the per-message digests are."""
+    L: list[str] = []
     L.append("## 6. Digests of every message the server received\n")
     L.append(f"{sum(t['messages'] for t in rep['transcript'])} messages over {len(rep['transcript'])} rounds: "
              f"see `{rundir.AUDIT_DIGESTS}` (one SHA-256 per message; the round digests it lists are checked "
              "against `transcript.jsonl`).\n")
-    return "\n".join(L) + "\n"
+    return L
 
+
+def render_markdown(rep: dict) -> str:
+    """audit.md: the verdict, then one section per kind of evidence."""
+    sections = (_verdict, _guarantees_section, _dropouts_section, _secagg_section, _server_view_section,
+                _empirical_section, _digests_section)
+    return "\n".join(line for section in sections for line in section(rep)) + "\n"
 
 
 def render_digests(rep: dict) -> str:

@@ -1,6 +1,6 @@
 """One encoding of a client's update into secagg words, and of the sum back into a mean update.
 
-The simulator path (``round.py``) and every transport (``transport.py``, ``flower.py``) go
+The simulator path (``round.py``) and every transport (``transport.py``, the ``flower`` package) go
 through ``Encoder``, so a round means the same thing wherever it runs:
 
 - ``DDG``: client-level distributed DP (``dp.distributed``, KLS 2021): clip, rotate, round, add
@@ -32,7 +32,7 @@ from dp.noise import NoiseGenerator
 from dp.rotation import padded_dim
 from secagg import wire
 from secagg.encoding import FixedPointEncoding, clip_l2
-from secagg.errors import ConfigError, InputError
+from secagg.errors import ConfigError, InputError, OverflowRiskError
 
 __all__ = ["InputKind", "InputSpec", "Encoder", "Decoded", "ddg_plan", "known_words", "encode_input",
            "decode_aggregate"]
@@ -52,7 +52,10 @@ class InputSpec:
     DDG: the noise is calibrated for ``min_survivors`` shares and the range for ``num_clients``;
     give (``epsilon``, ``delta``) over ``rounds`` rounds or a ``noise_multiplier``. Each client
     computes its noise from these public numbers itself.
-    FIXED_POINT: ``l2_clip`` bounds the update, ``example_cap`` the example count (its weight).
+    FIXED_POINT: ``l2_clip`` bounds the update; ``weighted`` (no DP only): weight by the example
+    count over ``example_cap`` and append the count word, else a uniform mean and no count.
+    The simulator path (``round.secure_mean``) builds its encoder from an InputSpec too, so both
+    paths encode with the same ``Encoder`` from the same public description.
     """
 
     kind: InputKind
@@ -68,10 +71,13 @@ class InputSpec:
     sampling_rate: float = 1.0
     example_cap: int = 1
     test_seed: int = 0
+    weighted: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, InputKind):
             raise ConfigError(f"kind must be an InputKind, got {self.kind!r}")
+        if not isinstance(self.weighted, bool):
+            raise ConfigError(f"weighted must be a bool, got weighted={self.weighted!r}")
         for name in ("dim", "bits", "num_clients", "min_survivors", "rounds", "example_cap"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -92,10 +98,10 @@ class InputSpec:
 
     @property
     def word_dim(self) -> int:
-        """Words per client: the rotated length (DDG), dim + the count word (fixed point), or dim."""
+        """Words per client: the rotated length (DDG), dim + the count word (weighted fixed point), or dim."""
         if self.kind is InputKind.DDG:
             return padded_dim(self.dim)
-        return self.dim + 1 if self.kind is InputKind.FIXED_POINT else self.dim
+        return self.dim + 1 if self.kind is InputKind.FIXED_POINT and self.weighted else self.dim
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -104,6 +110,7 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> InputSpec:
+        """Inverse of ``to_dict``; a setup written before ``weighted`` existed reads as weighted."""
         d = dict(d)
         d["kind"] = InputKind(d["kind"])
         return cls(**d)
@@ -138,7 +145,7 @@ class Encoder:
     def fixed_point(cls, *, dim: int, bits: int, l2_clip: float, max_clients: int, example_cap: int,
                     weighted: bool = True) -> Encoder:
         if weighted and example_cap * max_clients >= 1 << bits:
-            raise ConfigError(f"example counts of max_clients={max_clients} clients, each up to "
+            raise OverflowRiskError(f"example counts of max_clients={max_clients} clients, each up to "
                               f"example_cap={example_cap}, could wrap 2^{bits}")
         enc = FixedPointEncoding.for_sum(bits=bits, clip=l2_clip, max_clients=max_clients)
         return cls(InputKind.FIXED_POINT, bits=bits, dim=dim, fixed=enc, l2_clip=l2_clip, example_cap=example_cap,
@@ -173,7 +180,8 @@ class Encoder:
             return self.fixed.encode(clip_l2(x, self.l2_clip), rng=rng)
         if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) \
                 or not 0 < num_examples <= self.example_cap:
-            raise InputError(f"num_examples={num_examples!r} must be an int in (0, example_cap={self.example_cap}]")
+            raise InputError(f"client {client_id}: num_examples={num_examples!r} must be an int in "
+                             f"(0, example_cap={self.example_cap}]")
         if rng is None:
             rng = np.random.default_rng(int.from_bytes(secret_seed or os.urandom(32), "big"))
         # clip, then weight by a factor <= 1: the weighted norm stays within l2_clip exactly
@@ -206,7 +214,8 @@ def _encoder_of(spec: InputSpec) -> Encoder:
         return Encoder.ddg(spec.ddg_config().plan())
     if spec.kind is InputKind.FIXED_POINT:
         return Encoder.fixed_point(dim=spec.dim, bits=spec.bits, l2_clip=spec.l2_clip,
-                                   max_clients=spec.num_clients, example_cap=spec.example_cap)
+                                   max_clients=spec.num_clients, example_cap=spec.example_cap,
+                                   weighted=spec.weighted)
     wire.word_dtype(spec.bits)  # a width secagg can carry
     return Encoder(InputKind.WORDS, bits=spec.bits, dim=spec.dim, test_seed=spec.test_seed)
 

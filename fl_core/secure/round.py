@@ -24,12 +24,12 @@ from dp.distributed import DDGPlan
 from secagg.excess import excess_owners
 from secagg import wire
 from secagg.config import GraphKind, RoundConfig
-from secagg.errors import ConfigError, OverflowRiskError
+from secagg.errors import ConfigError
 from secagg.graph import choose_k_t
 from secagg.simulate import DropoutSchedule, ProtocolStage, Transcript, simulate
 
 from fl_core.errors import FLError
-from fl_core.secure.inputs import Encoder
+from fl_core.secure.inputs import Encoder, InputKind, InputSpec
 
 
 class RoundAborted(FLError):
@@ -51,6 +51,12 @@ class SecureRoundSpec:
     update_clip: float = 10.0
     max_clients: int = 2             # most clients in one round (the overflow check's n)
     example_cap: int = 1             # public bound on one client's example count (weights)
+
+    def input_spec(self, dim: int, *, weighted: bool) -> InputSpec:
+        """The fixed-point encoding of a round without DDG, as a transport would send it: uniform
+        mean under any DP mode, weighted by example counts (plus the count word) only without DP."""
+        return InputSpec(InputKind.FIXED_POINT, dim=dim, bits=self.bits, l2_clip=self.update_clip,
+                         num_clients=self.max_clients, example_cap=self.example_cap, weighted=weighted)
 
 
 @dataclass
@@ -153,20 +159,7 @@ def secure_mean(updates: Mapping[int, np.ndarray], examples: Mapping[int, int], 
     if excess_noise:  # a stream of their own: the protocol's randomness stays as it was
         noise_seeds = {u: os.urandom(32) if secure_randomness else
                        hashlib.sha256(b"xnoise" + round_seed + u.to_bytes(8, "big")).digest() for u in ids}
-    if ddg is not None:
-        enc = Encoder.ddg(ddg)
-    elif not weighted:  # any DP mode: uniform weights, no count word
-        enc = Encoder.fixed_point(dim=dim, bits=spec.bits, l2_clip=spec.update_clip, max_clients=spec.max_clients,
-                                  example_cap=spec.example_cap, weighted=False)
-    else:
-        if spec.example_cap * spec.max_clients >= 1 << spec.bits:
-            raise OverflowRiskError(f"the sum of example counts of n={spec.max_clients} clients, each up to "
-                                    f"{spec.example_cap}, could wrap 2^{spec.bits}")
-        enc = Encoder.fixed_point(dim=dim, bits=spec.bits, l2_clip=spec.update_clip, max_clients=spec.max_clients,
-                                  example_cap=spec.example_cap)
-        for u in ids:
-            if not 0 < examples[u] <= spec.example_cap:
-                raise ConfigError(f"client {u} has {examples[u]} examples, outside (0, example_cap={spec.example_cap}]")
+    enc = Encoder.ddg(ddg) if ddg is not None else spec.input_spec(dim, weighted=weighted).encoder()
     words = {}
     for u in ids:
         rounding_seed = None if secure_randomness else hashlib.sha256(b"noise" + round_seed + u.to_bytes(8, "big")).digest()

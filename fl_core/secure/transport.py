@@ -1,8 +1,8 @@
 """Transport-neutral glue between secagg's sans-I/O parties and any carrier of bytes.
 
 A secure round is a few request/reply exchanges between a server and its clients, each carrying
-opaque bytes. Flower's Message API (``flower.py``) is one carrier; anything that can send bytes to
-a set of clients and collect the replies that arrive before a deadline is another. Nothing here
+opaque bytes. Flower's Message API (the ``flower`` package) is one carrier; anything that can send
+bytes to a set of clients and collect the replies that arrive before a deadline is another. Nothing here
 imports a framework, so the same code is tested in one process and runs over Flower unchanged.
 
 - ``RoundSetup``: what the server sends first: the public ``RoundConfig``, the round number, a
@@ -10,13 +10,15 @@ imports a framework, so the same code is tested in one process and runs over Flo
   another implementation can read it (docs/flower.md, "Use with any transport").
 - ``client_begin`` / ``client_step``: the client as pure functions of (state bytes, message bytes);
   a carrier that handles each message in a fresh process (Flower) keeps the state between messages.
+  ``client_begin`` takes the client's own ``ClientPolicy`` (secagg: its verify keys and floors)
+  and refuses a setup that does not meet it, so no carrier can forget the check.
 - ``run_server_round``: the server over an ``Exchange`` callable. A client whose reply does not
   come back before the deadline is a dropout. The server only ever sees masked words.
 """
 
 from __future__ import annotations
 
-import enum
+import dataclasses
 import functools
 import json
 import math
@@ -30,7 +32,7 @@ import numpy as np
 
 from secagg import wire
 from secagg.client import ClientParty
-from secagg.config import GraphKind, RoundConfig
+from secagg.config import ClientPolicy, GraphKind, RoundConfig
 from secagg.errors import (ConfigError, DecodeError, InputError, RefusedRequestError,
                            RemoteProtocolError, SecAggError)
 from secagg.hazmat.sign import SigningKey
@@ -42,30 +44,12 @@ from secagg.state import ProtocolStage
 from fl_core.secure.inputs import (InputKind, InputSpec, ddg_plan, decode_aggregate, encode_input,  # noqa: F401
                                    known_words)
 
-__all__ = ["Step", "InputKind", "InputSpec", "RoundSetup", "StepResult", "Exchange", "ServerRoundStats",
+__all__ = ["ProtocolStage", "InputKind", "InputSpec", "RoundSetup", "StepResult", "Exchange", "ServerRoundStats",
            "encode_input", "decode_aggregate", "known_words", "check_setup", "client_begin", "client_step",
-           "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION", "NodePolicy", "saved_setup",
-           "STEP_OF_STAGE"]
+           "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION", "ClientPolicy", "saved_setup"]
 
 SETUP_VERSION = 1
 _STATE_MAGIC = b"SAfs"  # client state: setup bytes + ClientParty.to_state()
-
-
-class Step(enum.Enum):
-    """One request/reply exchange of a round, named by what the server sends."""
-
-    SETUP = "setup"              # RoundSetup          -> AdvertiseKeys
-    KEYS = "keys"                # KeysBroadcast       -> ShareKeys
-    SHARES = "shares"            # ForwardedShares     -> MaskedInput
-    CONSISTENCY = "consistency"  # ConsistencyRequest  -> ConsistencySignature (active mode)
-    UNMASK = "unmask"            # UnmaskRequest       -> UnmaskResponse
-
-
-#: The exchange that collects each protocol stage (secagg's one stage vocabulary), named by what
-#: the server sends in it: the Flower message types and the ``step_seconds`` keys use these names.
-STEP_OF_STAGE = {ProtocolStage.KEYS: Step.SETUP, ProtocolStage.SHARES: Step.KEYS,
-                 ProtocolStage.MASKED_INPUT: Step.SHARES, ProtocolStage.CONSISTENCY: Step.CONSISTENCY,
-                 ProtocolStage.UNMASK: Step.UNMASK}
 
 
 # ---------------------------------------------------------------------------- round setup
@@ -75,16 +59,25 @@ def _config_to_dict(cfg: RoundConfig) -> dict:
     return {"session_id": cfg.session_id.hex(), "client_ids": list(cfg.client_ids), "dim": cfg.dim,
             "bits": cfg.bits, "threshold": cfg.threshold, "min_survivors": cfg.min_survivors,
             "graph": cfg.graph.value, "k": cfg.k,
-            "verify_keys": None if cfg.verify_keys is None else {str(u): pk.hex() for u, pk in cfg.verify_keys.items()}}
+            "verify_keys": None if cfg.verify_keys is None else {str(u): pk.hex() for u, pk in cfg.verify_keys.items()},
+            "max_corrupt_neighbours": cfg.max_corrupt_neighbours,
+            "graph_seed": None if cfg.graph_seed is None else cfg.graph_seed.hex(),
+            "insecure_weak_threshold": cfg.insecure_weak_threshold, "excess_noise": cfg.excess_noise}
 
 
 def _config_from_dict(d: Mapping) -> RoundConfig:
+    """Inverse of ``_config_to_dict``; the fields after ``verify_keys`` default as RoundConfig's do
+    when absent (setups written before they were carried)."""
     graph = GraphKind(d["graph"])
-    vk = d["verify_keys"]
+    vk, seed = d["verify_keys"], d.get("graph_seed")
     return RoundConfig(session_id=bytes.fromhex(d["session_id"]), client_ids=tuple(int(u) for u in d["client_ids"]),
                        dim=d["dim"], bits=d["bits"], threshold=d["threshold"], min_survivors=d["min_survivors"],
                        graph=graph, k=d["k"] if graph is GraphKind.SPARSE else None,
-                       verify_keys=None if vk is None else {int(u): bytes.fromhex(pk) for u, pk in vk.items()})
+                       verify_keys=None if vk is None else {int(u): bytes.fromhex(pk) for u, pk in vk.items()},
+                       max_corrupt_neighbours=d.get("max_corrupt_neighbours", 0),
+                       graph_seed=None if seed is None else bytes.fromhex(seed),
+                       insecure_weak_threshold=d.get("insecure_weak_threshold", False),
+                       excess_noise=d.get("excess_noise", False))
 
 
 @dataclass(frozen=True)
@@ -131,35 +124,19 @@ def _parse_setup(data: bytes) -> RoundSetup:
     return RoundSetup._parse(data)
 
 
-@dataclass(frozen=True)
-class NodePolicy:
-    """What a node itself requires of a round, from its own configuration, never from the server.
-
-    ``verify_keys`` (client id -> Ed25519 public key, the node's trust file): the round must be in
-    active mode with exactly these keys for its clients. The floors: the smallest threshold,
-    neighbour count (k), ``min_survivors`` and word width the node accepts; ``max_epsilon``: the
-    largest epsilon (a round without DP is then refused)."""
-
-    verify_keys: Mapping[int, bytes] | None = None
-    min_threshold: int = 1
-    min_k: int = 1
-    min_survivors: int = 2
-    min_bits: int = 1
-    max_epsilon: float | None = None
-
-
-def check_setup(setup: RoundSetup, client_id: int, *, max_epsilon: float | None = None,
-                policy: NodePolicy | None = None) -> None:
-    """A client's own checks before it spends effort: it is in the round, the round meets the
-    node's policy, and it keeps the promises its DP plan relies on. RefusedRequestError otherwise
-    (the client drops out)."""
+def check_setup(setup: RoundSetup, client_id: int, *, policy: ClientPolicy,
+                max_epsilon: float | None = None) -> None:
+    """A client's own checks before it spends effort: it is in the round, the round meets what the
+    client holds itself (``policy``, secagg's ``ClientPolicy``: its verify keys and floors, from its
+    own configuration, never from the server), and it keeps the promises its DP plan relies on;
+    ``max_epsilon``: the largest epsilon it accepts (a round without DP is then refused).
+    RefusedRequestError naming what was wrong otherwise (the client drops out)."""
     cfg, spec = setup.config, setup.input
-    policy = policy or NodePolicy()
-    if max_epsilon is None:
-        max_epsilon = policy.max_epsilon
+    if not isinstance(policy, ClientPolicy):
+        raise ConfigError(f"policy must be a secagg.config.ClientPolicy, got {policy!r:.80}")
     if client_id not in cfg.client_ids:
         raise RefusedRequestError(f"client {client_id} is not in the round's client_ids")
-    _check_floors(cfg, client_id, policy)
+    policy.check(cfg)
     if spec.kind is InputKind.DDG:
         if cfg.min_survivors < spec.min_survivors:
             raise RefusedRequestError(f"round min_survivors={cfg.min_survivors} is below the "
@@ -173,23 +150,6 @@ def check_setup(setup: RoundSetup, client_id: int, *, max_epsilon: float | None 
     elif max_epsilon is not None:
         raise RefusedRequestError(f"round has no DP ({spec.kind.value}), this client requires "
                                   f"epsilon <= max_epsilon={max_epsilon!r}")
-
-
-def _check_floors(cfg: RoundConfig, client_id: int, policy: NodePolicy) -> None:
-    if policy.verify_keys is not None:
-        if cfg.verify_keys is None:
-            raise RefusedRequestError("round is semi-honest (no verify keys); this node has a trust file and "
-                                      "takes part only in active mode")
-        for u in cfg.client_ids:
-            if policy.verify_keys.get(u) != cfg.verify_keys[u]:
-                raise RefusedRequestError(f"round's verify key for client {u} is not the one in this node's "
-                                          "trust file")
-    k = len(cfg.neighbours(client_id))
-    for name, got, floor in (("threshold", cfg.threshold, policy.min_threshold), ("k", k, policy.min_k),
-                             ("min_survivors", cfg.min_survivors, policy.min_survivors),
-                             ("bits", cfg.bits, policy.min_bits)):
-        if got < floor:
-            raise RefusedRequestError(f"round has {name}={got}, below this node's floor {name}>={floor}")
 
 
 # ---------------------------------------------------------------------------- client side
@@ -216,12 +176,19 @@ def _unpack_state(state: bytes) -> tuple[bytes, bytes]:
     return state[8:8 + n], state[8 + n:]
 
 
-def client_begin(setup: RoundSetup, *, client_id: int, words: np.ndarray | None = None,
-                 signing_key: SigningKey | None = None, randbytes: Callable[[int], bytes] = os.urandom) -> StepResult:
-    """Start this client's round: the AdvertiseKeys reply and the state. ``words`` (the encoded
-    input) may come now or with the shares step (``client_step(..., words=...)``), so a carrier
-    need not keep the input between messages."""
-    party = ClientParty(setup.config, client_id, words, signing_key=signing_key, randbytes=randbytes)
+def client_begin(setup: RoundSetup, *, client_id: int, policy: ClientPolicy, max_epsilon: float | None = None,
+                 words: np.ndarray | None = None, signing_key: SigningKey | None = None,
+                 randbytes: Callable[[int], bytes] = os.urandom) -> StepResult:
+    """Check the setup against what this client holds (``check_setup``: RefusedRequestError, and
+    nothing is sent), then start its round: the AdvertiseKeys reply and the state. In active mode
+    the party verifies its peers with the keys of ``policy``, the client's own, never the setup's.
+    ``words`` (the encoded input) may come now or with the shares step (``client_step(...,
+    words=...)``), so a carrier need not keep the input between messages."""
+    check_setup(setup, client_id, policy=policy, max_epsilon=max_epsilon)
+    cfg = setup.config
+    if policy.verify_keys is not None:  # equal to the setup's (checked): the party holds our own copy
+        cfg = dataclasses.replace(cfg, verify_keys={u: policy.verify_keys[u] for u in cfg.client_ids})
+    party = ClientParty(cfg, client_id, words, signing_key=signing_key, randbytes=randbytes)
     reply = wire.encode(party.start())
     return StepResult(reply, _pack_state(setup.to_bytes(), party.to_state()))
 
@@ -250,22 +217,24 @@ def client_step(state: bytes, message: bytes, *, signing_key: SigningKey | None 
 
 # ---------------------------------------------------------------------------- server side
 
-#: exchange(step, {client id: bytes to send}) -> {client id: reply bytes} for the replies that came
-#: back before the step's deadline. The carrier must key replies by the sender it authenticated.
-Exchange = Callable[[Step, Mapping[int, bytes]], Mapping[int, bytes]]
+#: exchange(stage, {client id: bytes to send}) -> {client id: reply bytes} for the replies that came
+#: back before the deadline. ``stage`` (secagg's ``ProtocolStage``) is the stage of the replies the
+#: exchange collects: KEYS for the one that sends the RoundSetup, MASKED_INPUT for the one that
+#: sends the forwarded shares. The carrier must key replies by the sender it authenticated.
+Exchange = Callable[[ProtocolStage, Mapping[int, bytes]], Mapping[int, bytes]]
 
 
 @dataclass
 class ServerRoundStats:
-    step_seconds: dict[str, float] = field(default_factory=dict)
+    step_seconds: dict[str, float] = field(default_factory=dict)  # stage key -> seconds of its exchange
     upload_bytes: dict[int, int] = field(default_factory=dict)     # per client, all its replies
     download_bytes: dict[int, int] = field(default_factory=dict)   # per client, all it was sent
     rejected: dict[int, str] = field(default_factory=dict)         # client -> why its reply was dropped
-    silent: dict[str, tuple[int, ...]] = field(default_factory=dict)  # step -> clients with no reply
+    silent: dict[str, tuple[int, ...]] = field(default_factory=dict)  # stage key -> clients with no reply
 
 
 def run_server_round(setup: RoundSetup, exchange: Exchange, *,
-                     on_step: Callable[[Step, tuple[int, ...]], None] | None = None) -> tuple[RoundResult, ServerRoundStats]:
+                     on_step: Callable[[ProtocolStage, tuple[int, ...]], None] | None = None) -> tuple[RoundResult, ServerRoundStats]:
     """Drive a ServerParty through one round over ``exchange`` (on ``secagg.driver.drive``, the
     driver simulate and the fault campaign use); AbortedError if it aborts.
 
@@ -276,25 +245,24 @@ def run_server_round(setup: RoundSetup, exchange: Exchange, *,
     server = ServerParty(cfg)
     stats = ServerRoundStats()
     payload = setup.to_bytes()
-    timing = {"step": Step.SETUP, "t0": 0.0}
+    t0 = {ProtocolStage.KEYS: 0.0}
 
     def carry(stage: ProtocolStage, outgoing: dict[int, Message | None]):
-        step = STEP_OF_STAGE[stage]
-        timing.update(step=step, t0=time.perf_counter())
+        t0[stage] = time.perf_counter()
         sent = {u: payload if m is None else wire.encode(m) for u, m in outgoing.items()}
         if on_step is not None:
-            on_step(step, tuple(sorted(sent)))
+            on_step(stage, tuple(sorted(sent)))
         for u, data in sent.items():
             stats.download_bytes[u] = stats.download_bytes.get(u, 0) + len(data)
-        replies = exchange(step, sent)
+        replies = exchange(stage, sent)
         for u in sorted(replies):
             if u not in sent:
-                stats.rejected[u] = f"reply to {step.value} from a client that was not asked"
+                stats.rejected[u] = f"{stage.key} reply from a client that was not asked"
                 continue
             stats.upload_bytes[u] = stats.upload_bytes.get(u, 0) + len(replies[u])
             yield u, replies[u]
-        stats.silent[step.value] = tuple(sorted(set(sent) - set(replies)))
-        stats.step_seconds[step.value] = time.perf_counter() - timing["t0"]
+        stats.silent[stage.key] = tuple(sorted(set(sent) - set(replies)))
+        stats.step_seconds[stage.key] = time.perf_counter() - t0[stage]
 
     def deliver(u: int, data: bytes) -> list[Message]:
         try:
@@ -310,7 +278,7 @@ def run_server_round(setup: RoundSetup, exchange: Exchange, *,
         try:
             return server.close_stage()  # the deadline: whoever has not answered dropped out
         finally:
-            stats.step_seconds[timing["step"].value] = time.perf_counter() - timing["t0"]
+            stats.step_seconds[stage.key] = time.perf_counter() - t0[stage]
 
     return drive(server, carry, deliver=deliver, close=close), stats
 

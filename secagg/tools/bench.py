@@ -7,6 +7,9 @@ agreements, at this machine's speed measured now: best of several repeats, on on
 all of them (``--workers``). AES-128-CTR through the same loop shows what the cipher choice costs.
 Input generation is excluded (inputs are produced lazily and never timed); everything else
 (Shamir, AEAD, signatures, encoding of messages, adding masks) is in ``round_seconds``, wall-clock.
+In active mode (k, t) and ``max_corrupt_neighbours`` come from ``choose_k_t(..., active=True)``,
+and the cost of the masked-input signature (hash of the d words and Ed25519, client and server
+side) is measured apart and reported as ``masked_input_signature``.
 Writes a JSON file and prints a table.
 """
 
@@ -26,11 +29,12 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from secagg import masking, wire
+from secagg.client import masked_input_signed_bytes, words_digest
 from secagg.config import GraphKind, Mode, RoundConfig
 from secagg.errors import ConfigError
 from secagg.graph import choose_k_t
 from secagg.hazmat import kex, prg
-from secagg.hazmat.sign import SigningKey
+from secagg.hazmat.sign import SigningKey, verify
 from secagg.simulate import DropoutSchedule, ProtocolStage, Transcript, simulate
 
 REPEATS = 7            # timed blocks per measurement; the best is taken
@@ -124,20 +128,45 @@ def floor_work(cfg: RoundConfig, stage_survivors: dict[str, tuple[int, ...]]) ->
 
 
 def choose_round(n: int, *, graph: GraphKind, mode: Mode, dropout: float, corrupt: float,
-                 k: int | None, threshold: int | None) -> tuple[int | None, int]:
-    """(k, t): the given ones, else the secure rule for the graph and mode."""
+                 k: int | None, threshold: int | None) -> tuple[int | None, int, int]:
+    """(k, t, c): the given k and t, else the secure rule for the graph and mode; c is the corrupt
+    neighbours active mode tolerates (``max_corrupt_neighbours``): the rule's when the rule picked
+    (k, t), else the most that 2t > k + c allows; 0 in semi-honest mode."""
     if graph is GraphKind.COMPLETE:
-        return None, threshold if threshold is not None else n // 2 + 1
-    if k is None or threshold is None:
-        extra = {"active": True} if mode is Mode.ACTIVE else {}
-        try:
-            k_auto, t_auto = choose_k_t(n, dropout=max(dropout, 1e-3), corrupt=corrupt, **extra)
-        except TypeError:
-            raise ConfigError("--mode active needs --k and --threshold: this secagg's choose_k_t has no "
-                              "active=True rule") from None
-        k = k if k is not None else k_auto
-        threshold = threshold if threshold is not None else t_auto
-    return k, threshold
+        k_auto, t_auto = None, threshold if threshold is not None else n // 2 + 1
+    elif k is None or threshold is None:
+        choice = choose_k_t(n, dropout=max(dropout, 1e-3), corrupt=corrupt, active=mode is Mode.ACTIVE)
+        if k is None and threshold is None and mode is Mode.ACTIVE:
+            return choice.k, choice.t, choice.corrupt_neighbours
+        k_auto, t_auto = choice
+        k, threshold = (k if k is not None else k_auto), (threshold if threshold is not None else t_auto)
+    if mode is not Mode.ACTIVE:
+        return k, threshold, 0
+    degree = n - 1 if k is None else min(k, n - 1)
+    return k, threshold, max(0, min(2 * threshold - degree - 1, degree - 1))
+
+
+def signature_cost(dim: int, bits: int, repeats: int = 5) -> dict:
+    """Seconds one masked-input signature costs (active mode): the client hashes its d words and
+    signs (``masked_input_signed_bytes`` + Ed25519), the server hashes and verifies each masked
+    input it accepts. Best of ``repeats``; the words are random, the digest a fixed dummy."""
+    words = np.random.default_rng(0).integers(0, 2**bits, size=dim, dtype=np.uint64).astype(wire.word_dtype(bits))
+    key, digest = SigningKey.generate(), bytes(32)
+    signed = masked_input_signed_bytes(digest, 1, words, bits)
+    sig = key.sign(signed)
+
+    def best(once) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            once()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+    return {"dim": dim, "bits": bits,
+            "hash_seconds": best(lambda: words_digest(words, bits)),
+            "client_sign_seconds": best(lambda: key.sign(masked_input_signed_bytes(digest, 1, words, bits))),
+            "server_verify_seconds": best(lambda: verify(key.public, sig, masked_input_signed_bytes(
+                digest, 1, words, bits)))}
 
 
 def run(*, clients: int, dim: int, dropout: float, graph: str, k: int | None, threshold: int | None,
@@ -146,11 +175,11 @@ def run(*, clients: int, dim: int, dropout: float, graph: str, k: int | None, th
     n = clients
     kind, mode_ = GraphKind(graph), Mode(mode)
     workers = masking.current_workers(workers)
-    k, t = choose_round(n, graph=kind, mode=mode_, dropout=dropout, corrupt=corrupt, k=k, threshold=threshold)
+    k, t, c = choose_round(n, graph=kind, mode=mode_, dropout=dropout, corrupt=corrupt, k=k, threshold=threshold)
     signing = {u: SigningKey.generate() for u in range(n)} if mode_ is Mode.ACTIVE else None
     min_survivors = max(2, int(n * (1 - dropout)) - 1)
     cfg = RoundConfig.new(client_ids=range(n), dim=dim, bits=bits, threshold=t, min_survivors=min_survivors,
-                          graph=kind, k=k,
+                          graph=kind, k=k, max_corrupt_neighbours=c,
                           verify_keys=None if signing is None else {u: s.public for u, s in signing.items()})
     dtype = wire.word_dtype(bits)
 
@@ -166,6 +195,7 @@ def run(*, clients: int, dim: int, dropout: float, graph: str, k: int | None, th
     aes256, aes128 = cipher_rate(32, dim, streams, repeats), cipher_rate(16, dim, streams, repeats)
     kex_1 = x25519_seconds(1)
     kex_n = x25519_seconds(workers) if workers > 1 else kex_1
+    signatures = signature_cost(dim, bits, repeats=min(repeats, 5)) if mode_ is Mode.ACTIVE else None
     res = simulate(cfg, make_input, dropouts=schedule, transcript=Transcript.NONE, signing_keys=signing,
                    workers=workers)
     exact = False
@@ -185,9 +215,16 @@ def run(*, clients: int, dim: int, dropout: float, graph: str, k: int | None, th
                       "seconds": round(st.client_seconds + st.server_seconds, 4),
                       "upload_bytes": st.upload_bytes, "download_bytes": st.download_bytes}
               for s, st in res.stages.items()}
+    if signatures is not None:  # what signing y_u adds to this round: every sender signs, the server verifies
+        senders = len(res.stage_survivors.get(ProtocolStage.MASKED_INPUT.collecting.value, ()))
+        signatures["masked_inputs"] = senders
+        signatures["round_server_seconds"] = senders * signatures["server_verify_seconds"]
+        signatures["share_of_round"] = (signatures["client_sign_seconds"] + signatures["round_server_seconds"]) \
+            / res.round_seconds
     return {
         "clients": n, "dim": dim, "dropout": dropout, "graph": kind.value, "mode": mode_.value,
-        "k": cfg.k, "threshold": t, "min_survivors": min_survivors, "bits": bits, "corrupt": corrupt,
+        "k": cfg.k, "threshold": t, "max_corrupt_neighbours": c, "min_survivors": min_survivors, "bits": bits,
+        "corrupt": corrupt, "masked_input_signature": signatures,
         "workers": workers, "repeats": repeats,
         "exact": exact, "aborted": None if res.aborted is None else str(res.aborted),
         "survivors": len(res.survivors),
@@ -215,7 +252,8 @@ def run(*, clients: int, dim: int, dropout: float, graph: str, k: int | None, th
 
 def print_table(r: dict) -> None:
     rows = [("clients", r["clients"]), ("dim", r["dim"]),
-            ("graph / k / t / mode", f"{r['graph']} / {r['k']} / {r['threshold']} / {r['mode']}"),
+            ("graph / k / t / mode", f"{r['graph']} / {r['k']} / {r['threshold']} / {r['mode']}"
+             + (f" (c = {r['max_corrupt_neighbours']})" if r["mode"] == Mode.ACTIVE.value else "")),
             ("dropout", r["dropout"]), ("survivors", r["survivors"]), ("exact", r["exact"]),
             ("workers", r["workers"]),
             ("round seconds", f"{r['round_seconds']:.3f}"),
@@ -231,6 +269,12 @@ def print_table(r: dict) -> None:
             ("upload bytes / client", f"{r['upload_bytes_per_client']} (limit {r['upload_limit_bytes']:.0f})"),
             ("peak RSS MiB", f"{r['peak_rss_bytes'] / 2**20:.0f} (n*d words: {r['n_times_d_words_bytes'] / 2**20:.0f})"),
             ("load average", " ".join(f"{x:.2f}" for x in r["load_average"]))]
+    sig = r.get("masked_input_signature")
+    if sig:
+        rows.insert(-1, ("masked-input signature ms", f"sign {sig['client_sign_seconds'] * 1e3:.2f} (hash "
+                         f"{sig['hash_seconds'] * 1e3:.2f}), verify {sig['server_verify_seconds'] * 1e3:.2f}; "
+                         f"server {sig['round_server_seconds']:.3f} s for {sig['masked_inputs']} inputs, "
+                         f"{100 * sig['share_of_round']:.1f}% of the round"))
     w = max(len(a) for a, _ in rows)
     for a, b in rows:
         print(f"{a:<{w}}  {b}")

@@ -1,6 +1,5 @@
 """`python -m secagg.bench`: exact rounds, the floor's parts, active mode, and what it counts."""
 
-import inspect
 import json
 
 import pytest
@@ -34,15 +33,30 @@ def test_bench_active_mode_runs_the_consistency_round(tmp_path):
     assert r["stages"]["consistency"]["upload_bytes"] > 0
 
 
-def test_bench_active_mode_takes_the_active_rule_or_asks_for_k_and_t(capsys):
-    if "active" in inspect.signature(choose_k_t).parameters:
-        k, t = bench.choose_round(100, graph=GraphKind.SPARSE, mode=bench.Mode.ACTIVE, dropout=0.1, corrupt=0.05,
-                                  k=None, threshold=None)
-        assert (k, t) == choose_k_t(100, dropout=0.1, corrupt=0.05, active=True)
-    else:
-        with pytest.raises(SystemExit) as e:
-            bench.main(SMALL + ["--mode", "active"])
-        assert e.value.code == 2 and "--k and --threshold" in capsys.readouterr().err
+def test_bench_active_mode_takes_the_active_rule_with_its_corrupt_neighbours():
+    k, t, c = bench.choose_round(100, graph=GraphKind.SPARSE, mode=bench.Mode.ACTIVE, dropout=0.1, corrupt=0.05,
+                                 k=None, threshold=None)
+    choice = choose_k_t(100, dropout=0.1, corrupt=0.05, active=True)
+    assert (k, t, c) == (choice.k, choice.t, choice.corrupt_neighbours) == (26, 16, 5)
+    assert bench.choose_round(100, graph=GraphKind.SPARSE, mode=bench.Mode.SEMI_HONEST, dropout=0.1, corrupt=0.05,
+                              k=None, threshold=None) == (*choose_k_t(100, dropout=0.1, corrupt=0.05), 0)
+    assert bench.choose_round(12, graph=GraphKind.SPARSE, mode=bench.Mode.ACTIVE, dropout=0.1, corrupt=0.05,
+                              k=8, threshold=5) == (8, 5, 1)     # the most 2t > k + c allows
+
+
+def test_bench_active_mode_reports_the_masked_input_signature_cost(tmp_path):
+    path = tmp_path / "s.json"
+    assert bench.main(SMALL + ["--mode", "active", "--json", str(path)]) == 0
+    r = json.loads(path.read_text())
+    sig = r["masked_input_signature"]
+    assert r["exact"] and sig["dim"] == 3000 and sig["masked_inputs"] == r["survivors"]
+    assert 0 < sig["hash_seconds"] <= sig["client_sign_seconds"] and sig["server_verify_seconds"] > 0
+    assert sig["round_server_seconds"] == pytest.approx(sig["masked_inputs"] * sig["server_verify_seconds"])
+    assert 0 < sig["share_of_round"] < 1
+    assert r["max_corrupt_neighbours"] == choose_k_t(12, dropout=0.1, corrupt=0.05, active=True).corrupt_neighbours
+    semi = bench.run(clients=12, dim=3000, dropout=0.1, graph="sparse", k=None, threshold=None, bits=32,
+                     corrupt=0.05, seed=0, repeats=1)
+    assert semi["masked_input_signature"] is None and semi["max_corrupt_neighbours"] == 0
 
 
 def test_floor_work_counts_every_mask_and_agreement():

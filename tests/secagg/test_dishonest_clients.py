@@ -104,6 +104,19 @@ def test_changed_words_in_range_are_indistinguishable_from_another_input():
     assert np.all(delta == 7)  # exactly the change, on every coordinate
 
 
+@pytest.mark.parametrize("retry", [True, False], ids=["genuine-follows", "lost"])
+def test_changed_words_in_range_are_rejected_in_active_mode(retry):
+    """Active mode signs y_u with the round digest: the same in-range change is an
+    AuthenticationError at the server. If the genuine message follows, the round is exact with
+    everyone; if not, client 2 counts as dropped and the sum is exact over the others."""
+    cfg, inputs, keys = make_round(5, dim=DIM, bits=BITS, t=3, seed=2, active=True)
+    rep = run_round(cfg, inputs, signing_keys=keys, network=at(ProtocolStage.MASKED_INPUT, 2, retry=retry)(
+        lambda m, raw: dataclasses.replace(m, words=(np.array(m.words) + 7) & 0xFFF)))
+    assert rep.hostile_results == ["AuthenticationError"]
+    assert rep.outcome() == "exact", rep.problems()
+    assert rep.result.survivors == (cfg.client_ids if retry else tuple(u for u in cfg.client_ids if u != 2))
+
+
 # ------------------------------------------------------------------ duplicate ids
 
 @pytest.mark.parametrize("active", [False, True])

@@ -437,15 +437,42 @@ def test_server_with_t_minus_1_colluding_neighbours_cannot_unmask(colluders_shor
             shamir.reconstruct(b_from_colluders, threshold=t)
 
 
-# ------------------------------------------------------------------ a limit: withheld forwarded share
+# ------------------------------------------------------------------ withheld forwarded shares
 
-def test_withheld_forwarded_share_spoils_only_the_servers_own_sum():
-    """Documented limit. A server that forwards client 0 all shares but one (from v = 1) makes
-    client 0 mask without PRG(s_01), while client 1 masks with it. The server's sum is then wrong —
-    its own loss: only the server (or an unauthenticated transport) can do this, random corruption
-    cannot (the share count is checked). Client 0 sees the inconsistency at unmask time and refuses,
-    and nothing is revealed that would unmask anyone."""
-    r = Manual(5, t=2, active=False, seed=90)
+@pytest.mark.parametrize("n,k,t,c,active,corrupt", [
+    (5, 4, 3, 0, False, ()), (12, 6, 4, 0, False, ()), (20, 6, 4, 0, False, ()),
+    (5, 4, 3, 0, True, ()), (12, 6, 4, 1, True, ()), (12, 11, 7, 2, True, (1, 2))])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_withheld_forwarded_shares_are_refused_and_recover_nothing(n, k, t, c, active, corrupt, seed):
+    """Issue 11 attack 1 at configurations the library accepts (2t > k + c; semi-honest: 2t > k):
+    the target gets the shares of only t neighbours (A), A is declared dropped. The target refuses
+    the list (RefusedRequestError; in active mode its neighbours then lack t signatures and refuse
+    too), and the attacker -- holding every revealed share and the corrupt clients' whole state --
+    computes no input and no sum below min_survivors."""
+    from .test_attacks import scripted
+    tr = scripted(n, k=k, t=t, c=c, active=active, attacks_=("withhold",), corrupt=corrupt, seed=seed)
+    assert tr.recovered == [] and tr.outcome == "aborted"
+    assert tr.refusals["RefusedRequestError"] >= 1
+
+
+def test_withheld_forwarded_shares_recover_the_input_in_semi_honest_mode_when_2t_is_at_most_k():
+    """The limit that made the old claim ("withholding spoils only the server's own sum, nothing
+    leaks") false: semi-honest mode accepts n = 5, t = 2 (2t <= k = 4), where the same attack
+    recovers x_0 exactly. Semi-honest mode assumes the server forwards every share."""
+    from .test_attacks import scripted
+    for seed in (0, 1, 2):
+        tr = scripted(5, k=4, t=2, active=False, attacks_=("withhold",), seed=seed)
+        assert tr.outcome == "recovered" and tr.recovered[0].startswith("sum of [0] ")
+
+
+@pytest.mark.parametrize("active", [False, True], ids=["semi-honest", "active"])
+def test_one_withheld_forwarded_share_is_refused_and_reveals_no_mask_key(active):
+    """The honest ServerParty's round with one share (from v = 1) withheld from client 0 (n = 5,
+    t = 3). Client 0 masks without PRG(s_01) and refuses the survivor list that names 1
+    (RefusedRequestError). Nobody reveals a share of any s^SK, so x_0 stays masked by its pairwise
+    masks with 2, 3 and 4 even though b_0 is revealed; the sum the server outputs is wrong -- its own
+    loss, as only the server (the relay of shares) can withhold one."""
+    r = Manual(5, t=3, active=active, seed=90)
     sid = r.cfg.session_id
     pending = [m for c in r.clients.values() for m in r.server.receive(wire.encode(c.start()))]
     forwarded = [m for p in pending for m in r.server.receive(wire.encode(r.ask(p)))]
@@ -454,13 +481,26 @@ def test_withheld_forwarded_share_spoils_only_the_servers_own_sum():
             forwarded[i] = ForwardedShares(sid, 0, tuple(s for s in m.shares if s.peer != 1))
     requests = [m for p in forwarded for m in r.server.receive(wire.encode(r.ask(p)))]
     responses = []
-    for m in requests:
-        if m.receiver == 0:
-            with pytest.raises(RefusedRequestError, match="not a subset"):
-                r.ask(m)
-        else:
-            responses.append(r.ask(m))
-            r.server.receive(wire.encode(responses[-1]))
-    r.server.close_stage()
+    for _ in range(2):   # active: consistency round, then unmask; semi-honest: unmask
+        nxt = []
+        for m in requests:
+            if m.receiver == 0:
+                with pytest.raises(RefusedRequestError, match="not a subset"):
+                    r.ask(m)
+                continue
+            reply = r.ask(m)
+            responses.append(reply)
+            nxt += r.server.receive(wire.encode(reply))
+        if r.server.result is not None:
+            break
+        requests = nxt + r.server.close_stage()
+    assert r.server.result is not None
+    revealed = [resp for resp in responses if hasattr(resp, "shares")]
+    assert {s.kind for resp in revealed for s in resp.shares} == {ShareKind.SELF_MASK}
+    with pytest.raises(InsufficientSharesError):
+        shamir.reconstruct(shares_of(revealed, 0, ShareKind.MASK_KEY), threshold=3)
+    b0 = shamir.reconstruct(shares_of(revealed, 0, ShareKind.SELF_MASK), threshold=3)
+    y0 = r.masked[0].words.copy()
+    prg.add_masks(y0, plus=[], minus=[b0], bits=32)
+    assert not np.array_equal(y0, r.inputs[0])   # still masked by s_02, s_03, s_04
     assert not np.array_equal(r.server.result.aggregate, plain_sum(r.inputs, r.cfg.client_ids, 32))
-    assert {s.kind for resp in responses for s in resp.shares} == {ShareKind.SELF_MASK}

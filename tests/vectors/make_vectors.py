@@ -1,4 +1,6 @@
-"""Regenerate the protocol's known-answer vectors (PRG words, key derivation, message bytes).
+"""Regenerate the protocol's known-answer vectors (PRG words, key derivation, message bytes, and
+in protocol.json the round digest, mask-bound share key, one share AEAD, the self-mask commitment
+and the three signature inputs).
 
 Run: python tests/vectors/make_vectors.py. The tests check the code against the committed files,
 so a change that alters any output shows up as a failing test; another implementation can check
@@ -13,7 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from secagg import wire
-from secagg.hazmat import kex, prg
+from secagg.client import (bound_share_key, keys_signed_bytes, masked_input_signed_bytes, self_mask_commitment,
+                           survivors_signed_bytes, words_digest)
+from secagg.config import GraphKind, RoundConfig, round_digest_encoding, verify_keys_digest
+from secagg.hazmat import aead, kex, prg, shamir
+from secagg.hazmat.sign import SigningKey
 from secagg.messages import (AdvertiseKeys, ConsistencyRequest, ConsistencySignature, EncryptedShare,
                              ForwardedShares, KeysBroadcast, MaskedInput, PeerKeys, RevealedShare,
                              ShareKeys, ShareKind, SignedBy, UnmaskRequest, UnmaskResponse)
@@ -70,10 +76,87 @@ def message_vectors():
     return {name: wire.encode(m).hex() for name, m in example_messages().items()}
 
 
+def vector_configs() -> dict[str, RoundConfig]:
+    """The two fixed rounds of protocol.json: semi-honest complete graph, active SecAgg+ graph with a
+    deployment-supplied graph seed. Signing key of client u: 32 bytes of value u + 0x40."""
+    ids = (3, 7, 12, 20, 31, 40, 41)
+    signing = {u: SigningKey.from_private(bytes([u + 0x40]) * 32) for u in ids}
+    return {
+        "semi_honest_complete": RoundConfig(session_id=SESSION, client_ids=ids[:5], dim=4, bits=16, threshold=3,
+                                            min_survivors=3),
+        "active_sparse": RoundConfig(session_id=SESSION, client_ids=ids, dim=4, bits=16, threshold=4,
+                                     min_survivors=4, graph=GraphKind.SPARSE, k=4, max_corrupt_neighbours=1,
+                                     graph_seed=bytes([0xA5]) * 32,
+                                     verify_keys={u: k.public for u, k in signing.items()}),
+    }
+
+
+def protocol_vectors() -> dict:
+    """Known answers for every byte string a client derives, signs or seals (docs/protocol.md)."""
+    cfgs = vector_configs()
+    rounds = {}
+    for name, cfg in cfgs.items():
+        rounds[name] = {
+            "session_id": cfg.session_id.hex(), "client_ids": list(cfg.client_ids), "dim": cfg.dim,
+            "bits": cfg.bits, "threshold": cfg.threshold, "k": cfg.k, "graph": cfg.graph.value,
+            "graph_seed": None if cfg.graph_seed is None else cfg.graph_seed.hex(),
+            "min_survivors": cfg.min_survivors, "mode": cfg.mode.value,
+            "max_corrupt_neighbours": cfg.max_corrupt_neighbours,
+            "insecure_weak_threshold": cfg.insecure_weak_threshold, "excess_noise": cfg.excess_noise,
+            "verify_keys": None if cfg.verify_keys is None else {str(u): pk.hex() for u, pk in cfg.verify_keys.items()},
+            "verify_keys_digest": None if cfg.verify_keys is None else verify_keys_digest(cfg.verify_keys).hex(),
+            "encoding": round_digest_encoding(cfg).hex(), "round_digest": cfg.round_digest.hex()}
+    cfg = cfgs["active_sparse"]
+    digest = cfg.round_digest
+    u, v = 3, 7                                # neighbours in the active round
+    assert v in cfg.neighbours(u)
+    c_u, c_v = kex.KeyPair.from_private(bytes([1] * 32)), kex.KeyPair.from_private(bytes([2] * 32))
+    s_u, s_v = kex.KeyPair.from_private(bytes([3] * 32)), kex.KeyPair.from_private(bytes([4] * 32))
+    share_key = kex.share_key(c_u.private, c_v.public, session_id=cfg.session_id, u=u, v=v)
+    bound = bound_share_key(share_key, session_id=cfg.session_id, u=u, u_mask_pk=s_u.public, v=v,
+                            v_mask_pk=s_v.public)
+    b_u = bytes([5] * 32)
+    sk_share = shamir.split(s_u.private, threshold=1, xs=[v + 1])[0].to_bytes()
+    b_share = shamir.split(b_u, threshold=1, xs=[v + 1])[0].to_bytes()
+    plaintext = u.to_bytes(4, "big") + v.to_bytes(4, "big") + sk_share + b_share
+    words = np.array([0, 1, 65535, 4660], dtype=np.uint16).astype(wire.word_dtype(cfg.bits))
+    survivors = (3, 7, 12, 20, 31)
+    signer = SigningKey.from_private(bytes([u + 0x40]) * 32)
+    keys_msg = keys_signed_bytes(digest, u, c_u.public, s_u.public)
+    masked_msg = masked_input_signed_bytes(digest, u, words, cfg.bits)
+    survivors_msg = survivors_signed_bytes(digest, survivors)
+    return {
+        "description": "Known answers of secagg wire/protocol version 2 (docs/protocol.md). All inputs are fixed: "
+                       "X25519 private keys c_u = 01*32, c_v = 02*32, s_u = 03*32, s_v = 04*32; b_u = 05*32; "
+                       "Ed25519 private key of client u = (u + 0x40)*32. Signatures are Ed25519 (deterministic).",
+        "rounds": rounds,
+        "share_key": {"round": "active_sparse", "u": u, "v": v,
+                      "c_u_private": c_u.private.hex(), "c_v_public": c_v.public.hex(),
+                      "s_u_public": s_u.public.hex(), "s_v_public": s_v.public.hex(),
+                      "share_aead_key": share_key.hex(), "mask_bound_share_key": bound.hex()},
+        "aead": {"round": "active_sparse", "key": bound.hex(), "sender": u, "receiver": v, "stage": 1,
+                 "nonce": (u.to_bytes(4, "big") + v.to_bytes(4, "big") + (1).to_bytes(4, "big")).hex(),
+                 "associated_data": aead.associated_data(digest, 1, u, v).hex(), "plaintext": plaintext.hex(),
+                 "ciphertext": aead.seal(bound, plaintext, round_digest=digest, stage=1, sender=u,
+                                         receiver=v).hex()},
+        "self_mask_commitment": {"round": "active_sparse", "client": u, "b": b_u.hex(),
+                                 "commitment": self_mask_commitment(digest, u, b_u).hex()},
+        "signature_keys": {"round": "active_sparse", "client": u, "channel_pk": c_u.public.hex(),
+                           "mask_pk": s_u.public.hex(), "signed_bytes": keys_msg.hex(),
+                           "signature": signer.sign(keys_msg).hex()},
+        "signature_masked_input": {"round": "active_sparse", "client": u, "bits": cfg.bits,
+                                   "words": [int(w) for w in words], "words_digest": words_digest(words, cfg.bits).hex(),
+                                   "signed_bytes": masked_msg.hex(), "signature": signer.sign(masked_msg).hex()},
+        "signature_survivors": {"round": "active_sparse", "client": u, "survivors": list(survivors),
+                                "signed_bytes": survivors_msg.hex(), "signature": signer.sign(survivors_msg).hex()},
+    }
+
+
 def main() -> None:
     (HERE / "prg.json").write_text(json.dumps(prg_vectors(), indent=1) + "\n")
     (HERE / "kdf.json").write_text(json.dumps(kdf_vectors(), indent=1) + "\n")
     (HERE / "messages.json").write_text(json.dumps(message_vectors(), indent=1) + "\n")
+    (HERE / "protocol.json").write_text(json.dumps(protocol_vectors(), indent=1) + "\n")
 
 
 if __name__ == "__main__":

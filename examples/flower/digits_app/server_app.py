@@ -45,15 +45,15 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _test_hooks(rc):
-    """Test only: log each step to progress-file, then wait test-pause seconds, so a test can act
-    (e.g. kill a SuperNode) between two steps of a round."""
+    """Test only: log each exchange (by the protocol stage it collects) to progress-file, then wait
+    test-pause seconds, so a test can act (e.g. kill a SuperNode) between two exchanges of a round."""
     path, pause = str(rc.get("progress-file", "")), float(rc.get("test-pause", 0.0))
     if not path:
         return None
 
-    def on_step(round_number, step, clients):
+    def on_step(round_number, stage, clients):
         with open(path, "a") as f:
-            f.write(json.dumps({"round": round_number, "step": step.value, "clients": list(clients),
+            f.write(json.dumps({"round": round_number, "stage": stage.key, "clients": list(clients),
                                 "time": time.time()}) + "\n")
         time.sleep(pause)
     return on_step

@@ -22,19 +22,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from secagg import ClientParty, RoundConfig, ServerParty, wire
-from secagg.config import GraphKind
+from secagg.config import ClientPolicy, GraphKind
 from secagg.errors import AbortedError, DecodeError, InputError, LocalProtocolError, RefusedRequestError
 from secagg.hazmat.sign import SigningKey
 from secagg.messages import party_of
 from secagg.state import Stage
 
-from fl_core.secure.transport import (InputKind, InputSpec, RoundSetup, Step, check_setup, client_begin,
+from fl_core.secure.transport import (InputKind, InputSpec, ProtocolStage, RoundSetup, check_setup, client_begin,
                                             client_step, decode_aggregate, encode_input, run_server_round,
                                             known_words)
 
 ROOT = Path(__file__).resolve().parents[3]
 APP_DIR = ROOT / "examples" / "flower"
-ORDER = list(Step)
+ORDER = list(ProtocolStage)
 
 
 def plaintext_sum(words: dict[int, np.ndarray], ids, bits: int) -> np.ndarray:
@@ -118,7 +118,7 @@ def test_aborted_party_stays_aborted_after_restore():
     cfg = RoundConfig.new(client_ids=[0, 1, 2], dim=4, bits=16, threshold=2, min_survivors=2)
     words = random_words([0, 1, 2], 4, 16)
     setup = RoundSetup(cfg, 1, bytes(32), InputSpec(InputKind.WORDS, dim=4, bits=16))
-    begun = {u: client_begin(setup, client_id=u, words=words[u]) for u in (0, 1, 2)}
+    begun = {u: client_begin(setup, client_id=u, policy=ClientPolicy(), words=words[u]) for u in (0, 1, 2)}
     server = ServerParty(cfg)
     out = []
     for u in (0, 1, 2):
@@ -161,36 +161,142 @@ def test_round_setup_bytes_round_trip_and_rejects_malformed():
             RoundSetup.from_bytes(json.dumps(bad).encode())
 
 
+P = ClientPolicy()
+
+
 def test_check_setup_refuses_weaker_rounds():
     spec = InputSpec(InputKind.DDG, dim=100, bits=32, num_clients=5, min_survivors=3, epsilon=4.0, delta=1e-5)
     ok = RoundConfig.new(client_ids=range(5), dim=128, bits=32, threshold=2, min_survivors=3)
-    check_setup(RoundSetup(ok, 1, bytes(32), spec), 2, max_epsilon=4.0)
+    check_setup(RoundSetup(ok, 1, bytes(32), spec), 2, policy=P, max_epsilon=4.0)
     with pytest.raises(RefusedRequestError, match="not in the round"):
-        check_setup(RoundSetup(ok, 1, bytes(32), spec), 9)
+        check_setup(RoundSetup(ok, 1, bytes(32), spec), 9, policy=P)
     low = RoundConfig.new(client_ids=range(5), dim=128, bits=32, threshold=2, min_survivors=2)
     with pytest.raises(RefusedRequestError, match="min_survivors=2"):
-        check_setup(RoundSetup(low, 1, bytes(32), spec), 0)
+        check_setup(RoundSetup(low, 1, bytes(32), spec), 0, policy=P)
     with pytest.raises(RefusedRequestError, match="max_epsilon=1.0"):
-        check_setup(RoundSetup(ok, 1, bytes(32), spec), 0, max_epsilon=1.0)
+        check_setup(RoundSetup(ok, 1, bytes(32), spec), 0, policy=P, max_epsilon=1.0)
     big = RoundConfig.new(client_ids=range(6), dim=128, bits=32, threshold=2, min_survivors=3)
     with pytest.raises(RefusedRequestError, match="n=6"):
-        check_setup(RoundSetup(big, 1, bytes(32), spec), 0)
+        check_setup(RoundSetup(big, 1, bytes(32), spec), 0, policy=P)
 
 
-def local_exchange(words, silent_from: dict[int, Step], states, log=None):
-    """Clients in this process; client u stops answering from step silent_from[u] on."""
-    def exchange(step, outgoing):
+def _active_round(n, *, t, seed=0, **kw):
+    keys = {u: SigningKey.from_private(bytes([seed, u + 1]) * 16) for u in range(n)}
+    cfg = RoundConfig.new(client_ids=range(n), dim=8, bits=24, threshold=t, min_survivors=2,
+                          verify_keys={u: k.public for u, k in keys.items()}, **kw)
+    return cfg, keys
+
+
+def test_client_begin_refuses_a_setup_with_the_servers_verify_keys_naming_the_first_mismatch():
+    """Attack 3 (issue 11): the server puts its own verify keys for clients 1 and 3 in the setup, so
+    it could pose as them and read the shares sent to them. The client holds its own keys and
+    refuses before it sends anything; a client with no keys of its own refuses every active setup."""
+    cfg, keys = _active_round(4, t=3)
+    spec = InputSpec(InputKind.WORDS, dim=8, bits=24)
+    mine = ClientPolicy(verify_keys=cfg.verify_keys, min_threshold=3)
+    honest = RoundSetup(cfg, 1, bytes(32), spec)
+    assert client_begin(honest, client_id=0, policy=mine, signing_key=keys[0]).reply is not None
+    servers = dict(cfg.verify_keys)
+    servers[1], servers[3] = SigningKey.generate().public, SigningKey.generate().public
+    forged = RoundSetup(RoundConfig.new(client_ids=range(4), dim=8, bits=24, threshold=3, min_survivors=2,
+                                        verify_keys=servers, session_id=cfg.session_id), 1, bytes(32), spec)
+    for u in (0, 2):
+        with pytest.raises(RefusedRequestError, match="verify key of client 1 differs"):
+            client_begin(forged, client_id=u, policy=mine, signing_key=keys[u])
+    with pytest.raises(RefusedRequestError, match="holds no verify keys of its own"):
+        client_begin(honest, client_id=0, policy=ClientPolicy(), signing_key=keys[0])
+    with pytest.raises(RefusedRequestError, match="semi-honest"):
+        semi = RoundConfig.new(client_ids=range(4), dim=8, bits=24, threshold=3, min_survivors=2)
+        client_begin(RoundSetup(semi, 1, bytes(32), spec), client_id=0, policy=mine)
+
+
+def test_a_server_substituting_verify_keys_gets_no_reply_at_all_over_the_transport():
+    """The whole round over ``run_server_round``: with the genuine keys it sums exactly; with the
+    server's keys for the others every client refuses at setup, the round aborts, and the server
+    received not one byte from any client (no keys advertised, no share encrypted to it)."""
+    cfg, keys = _active_round(5, t=3, seed=1)
+    words = random_words(range(5), 8, 24, seed=2)
+    spec = InputSpec(InputKind.WORDS, dim=8, bits=24)
+    policy = ClientPolicy(verify_keys=cfg.verify_keys, min_threshold=3)
+
+    def exchange_of(log):
+        states = {}
+
+        def exchange(stage, outgoing):
+            replies = {}
+            for u, data in outgoing.items():
+                try:
+                    if stage is ProtocolStage.KEYS:
+                        res = client_begin(RoundSetup.from_bytes(data), client_id=u, policy=policy,
+                                           words=words[u], signing_key=keys[u])
+                    else:
+                        res = client_step(states[u], data, signing_key=keys[u])
+                except RefusedRequestError as e:
+                    log.append((u, str(e)))
+                    continue
+                states[u] = res.state
+                if res.reply is not None:
+                    replies[u] = res.reply
+            return replies
+        return exchange
+
+    log = []
+    res, _ = run_server_round(RoundSetup(cfg, 1, bytes(32), spec), exchange_of(log))
+    assert log == [] and np.array_equal(res.aggregate, plaintext_sum(words, range(5), 24))
+    servers = dict(cfg.verify_keys)
+    servers.update({u: SigningKey.generate().public for u in (2, 3, 4)})
+    forged = RoundConfig.new(client_ids=range(5), dim=8, bits=24, threshold=3, min_survivors=2, verify_keys=servers)
+    with pytest.raises(AbortedError):
+        run_server_round(RoundSetup(forged, 1, bytes(32), spec), exchange_of(log))
+    assert [u for u, _ in log] == [0, 1, 2, 3, 4]
+    assert all("verify key of client 2 differs" in why for _, why in log)
+
+
+@pytest.mark.parametrize("floor,cfg_kw,match", [
+    ("min_threshold", dict(threshold=3), "threshold t=3 is below this client's floor 4"),
+    ("min_k", dict(graph=GraphKind.SPARSE, k=4), "k=4 is below this client's floor 6"),
+    ("min_survivors", dict(min_survivors=3), "min_survivors=3 is below this client's floor 4"),
+    ("min_bits", dict(bits=16), "bits=16 is below this client's floor 24"),
+])
+def test_client_begin_refuses_a_setup_below_the_clients_own_floors(floor, cfg_kw, match):
+    floors = dict(min_threshold=4, min_k=6, min_survivors=4, min_bits=24)
+    policy = ClientPolicy(**floors)
+    base = dict(client_ids=range(10), dim=8, bits=24, threshold=4, min_survivors=4, graph=GraphKind.SPARSE, k=6)
+    ok = RoundConfig.new(**base)
+    assert client_begin(RoundSetup(ok, 1, bytes(32), InputSpec(InputKind.WORDS, dim=8, bits=24)), client_id=0,
+                        policy=policy).reply is not None
+    weak = RoundConfig.new(**{**base, **cfg_kw})
+    with pytest.raises(RefusedRequestError, match=match):
+        client_begin(RoundSetup(weak, 1, bytes(32), InputSpec(InputKind.WORDS, dim=8, bits=weak.bits)),
+                     client_id=0, policy=policy)
+
+
+def test_the_setup_carries_every_round_parameter_the_digest_covers():
+    cfg = RoundConfig.new(client_ids=range(6), dim=4, bits=16, threshold=2, min_survivors=3, graph=GraphKind.SPARSE,
+                          k=4, graph_seed=bytes(range(32)), excess_noise=True)
+    back = RoundSetup.from_bytes(RoundSetup(cfg, 1, bytes(32), InputSpec(InputKind.WORDS, dim=4, bits=16)).to_bytes())
+    assert back.config.round_digest == cfg.round_digest and back.config.graph_seed == cfg.graph_seed
+    d = json.loads(RoundSetup(RoundConfig.new(client_ids=range(3), dim=4, bits=16, threshold=2, min_survivors=2),
+                              1, bytes(32), InputSpec(InputKind.WORDS, dim=4, bits=16)).to_bytes())
+    for key in ("max_corrupt_neighbours", "graph_seed", "insecure_weak_threshold", "excess_noise"):
+        del d["config"][key]  # a setup written before these were carried reads with their defaults
+    assert RoundSetup.from_bytes(json.dumps(d).encode()).config.excess_noise is False
+
+
+def local_exchange(words, silent_from: dict[int, ProtocolStage], states, log=None, policy=ClientPolicy()):
+    """Clients in this process; client u stops answering from stage silent_from[u] on."""
+    def exchange(stage, outgoing):
         replies = {}
         for u, data in outgoing.items():
-            if u in silent_from and ORDER.index(silent_from[u]) <= ORDER.index(step):
+            if u in silent_from and ORDER.index(silent_from[u]) <= ORDER.index(stage):
                 continue
-            if step is Step.SETUP:
-                res = client_begin(RoundSetup.from_bytes(data), client_id=u, words=words[u])
+            if stage is ProtocolStage.KEYS:
+                res = client_begin(RoundSetup.from_bytes(data), client_id=u, policy=policy, words=words[u])
             else:
                 res = client_step(states[u], data)
             states[u] = res.state
             if log is not None:
-                log.append((step, u, res.reply))
+                log.append((stage, u, res.reply))
             if res.reply is not None:
                 replies[u] = res.reply
         return replies
@@ -202,23 +308,23 @@ def test_server_round_survives_a_dropout_at_every_step():
     words = random_words(ids, 40, 24, seed=3)
     cfg = RoundConfig.new(client_ids=ids, dim=40, bits=24, threshold=3, min_survivors=4)
     setup = RoundSetup(cfg, 1, bytes(32), InputSpec(InputKind.WORDS, dim=40, bits=24))
-    silent = {1: Step.SETUP, 3: Step.KEYS, 5: Step.SHARES, 6: Step.UNMASK}
+    silent = {1: ProtocolStage.KEYS, 3: ProtocolStage.SHARES, 5: ProtocolStage.MASKED_INPUT, 6: ProtocolStage.UNMASK}
     res, stats = run_server_round(setup, local_exchange(words, silent, {}))
     # 1 and 3 never shared keys (their masks never entered), 5 sent no masked input, 6 only skipped unmasking
     assert res.survivors == (0, 2, 4, 6, 7)
     assert np.array_equal(res.aggregate, plaintext_sum(words, res.survivors, 24))
-    assert stats.silent["setup"] == (1,) and stats.silent["shares"] == (5,) and stats.silent["unmask"] == (6,)
+    assert stats.silent["keys"] == (1,) and stats.silent["masked_input"] == (5,) and stats.silent["unmask"] == (6,)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(drops=st.lists(st.sampled_from([None, *Step]), min_size=6, max_size=6))
+@given(drops=st.lists(st.sampled_from([None, *ProtocolStage]), min_size=6, max_size=6))
 def test_any_dropout_pattern_gives_the_exact_sum_or_a_clean_abort(drops):
     ids = list(range(6))
     words = random_words(ids, 9, 20, seed=11)
     cfg = RoundConfig.new(client_ids=ids, dim=9, bits=20, threshold=3, min_survivors=3)
     setup = RoundSetup(cfg, 1, bytes(32), InputSpec(InputKind.WORDS, dim=9, bits=20))
-    silent = {u: s for u, s in zip(ids, drops) if s is not None and s is not Step.CONSISTENCY}
-    expect = tuple(u for u in ids if u not in silent or ORDER.index(silent[u]) > ORDER.index(Step.SHARES))
+    silent = {u: s for u, s in zip(ids, drops) if s is not None and s is not ProtocolStage.CONSISTENCY}
+    expect = tuple(u for u in ids if u not in silent or ORDER.index(silent[u]) > ORDER.index(ProtocolStage.MASKED_INPUT))
     try:
         res, _ = run_server_round(setup, local_exchange(words, silent, {}))
     except AbortedError:
@@ -235,16 +341,16 @@ def test_server_never_sees_an_unmasked_input_and_drops_impostors():
     log, states = [], {}
     inner = local_exchange(words, {}, states, log)
 
-    def exchange(step, outgoing):  # client 3 replays client 2's masked input as its own
-        replies = dict(inner(step, outgoing))
-        if step is Step.SHARES:
+    def exchange(stage, outgoing):  # client 3 replays client 2's masked input as its own
+        replies = dict(inner(stage, outgoing))
+        if stage is ProtocolStage.MASKED_INPUT:
             replies[3] = replies[2]
         return replies
     res, stats = run_server_round(setup, exchange)
     assert res.survivors == (0, 1, 2)
     assert "signed as client 2" in stats.rejected[3]
     assert np.array_equal(res.aggregate, plaintext_sum(words, (0, 1, 2), 32))
-    masked = {u: wire.decode(r).words for s, u, r in log if s is Step.SHARES}
+    masked = {u: wire.decode(r).words for s, u, r in log if s is ProtocolStage.MASKED_INPUT}
     for u, y in masked.items():  # 32-bit masks: a coordinate equal to the input has probability 2**-32
         assert np.count_nonzero(y == words[u]) <= 1, u
 
@@ -582,8 +688,8 @@ def test_a_node_refuses_a_round_below_its_own_floors_keys_or_epsilon_cap(fl, tmp
     (r,) = sg.rounds
     assert r.aborted is not None  # only node 0 is left
     why = r.dropouts
-    assert "threshold=3, below this node's floor threshold>=4" in why[1]
-    assert "trust file" in why[2] and "max_epsilon=2.0" in why[3] and "bits>=64" in why[4]
+    assert "threshold t=3 is below this client's floor 4" in why[1]
+    assert "semi-honest" in why[2] and "max_epsilon=2.0" in why[3] and "bits=32 is below this client's floor 64" in why[4]
 
 
 def test_a_trust_file_that_disagrees_with_the_servers_keys_is_refused(fl, tmp_path):
@@ -603,8 +709,47 @@ def test_a_trust_file_that_disagrees_with_the_servers_keys_is_refused(fl, tmp_pa
                                                             verify_keys=vk, min_survivors=0.5))
     FedAvg(fraction_evaluate=0.0, min_available_nodes=3).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
     (r,) = sg.rounds
-    assert r.aborted is not None and all("verify key for client 2" in why for why in r.dropouts.values())
+    assert r.aborted is not None and all("verify key of client 2 differs" in why for why in r.dropouts.values())
     assert set(r.dropouts) == {0, 1, 2}
+
+
+def test_a_server_that_swaps_in_its_own_verify_keys_gets_refusals_and_no_shares(fl, tmp_path):
+    """Attack 3 (issue 11) over the Flower app: after an honest round (which sums exactly, so the
+    nodes do answer this server), the server puts its own verify keys for clients 1..3 in the next
+    setup, to pose as them and read the shares sent to them. Every node checks the setup against
+    its trust file and refuses, naming client 1; no node answers anything but that error (no keys
+    advertised, no share encrypted), and a node without a trust file refuses any active round."""
+    from dataclasses import replace
+
+    from flwr.serverapp.strategy import FedAvg
+    flower, fg = fl
+    keys = {u: SigningKey.generate() for u in range(4)}
+    trust = _trust(tmp_path, keys)
+    nodes = {}
+    for u, k in keys.items():
+        (tmp_path / f"k{u}").write_text(k.private.hex())
+        nodes[30 + u] = {"partition-id": u, "secagg-signing-key-file": str(tmp_path / f"k{u}"), "secagg-trust-file": trust}
+    grid = fg.InProcessGrid(words_app(flower), nodes)
+    replies = []
+    pull = grid.pull_messages
+    grid.pull_messages = lambda ids: [replies.append(r) or r for r in pull(ids)]
+    honest = flower.SecureSettings(test_dim=4, bits=20, timeout=1.0, graph=GraphKind.COMPLETE, min_survivors=0.5,
+                                   verify_keys={u: k.public for u, k in keys.items()})
+    sg = quiet(flower, grid, settings=honest)
+    FedAvg(fraction_evaluate=0.0, min_available_nodes=4).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
+    assert sg.rounds[0].aborted is None and sg.rounds[0].survivors == (0, 1, 2, 3)
+    replies.clear()
+    sg.settings = replace(honest, verify_keys={**honest.verify_keys,
+                                               **{u: SigningKey.generate().public for u in (1, 2, 3)}})
+    FedAvg(fraction_evaluate=0.0, min_available_nodes=4).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
+    r = sg.rounds[1]
+    assert r.aborted is not None and set(r.dropouts) == {0, 1, 2, 3}
+    assert all("verify key of client 1 differs" in why for why in r.dropouts.values()), r.dropouts
+    assert len(replies) == 4 and all(rep.has_error() for rep in replies)  # the setup's refusals, nothing else
+    grid.node_configs[30]["secagg-trust-file"] = ""  # no keys of its own: it never takes the setup's
+    sg.settings = honest
+    FedAvg(fraction_evaluate=0.0, min_available_nodes=4).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
+    assert "holds no verify keys of its own" in sg.rounds[2].dropouts[0]
 
 
 def _deflate(obj) -> dict:
@@ -728,7 +873,7 @@ def deployment_cls():
 @pytest.mark.timeout(290)
 def test_engine_round_with_a_killed_supernode_sums_the_survivors_exactly(deployment_cls, tmp_path):
     """Four SuperNodes run the example app in test-words mode. SuperNode 3 is killed (SIGKILL of its
-    process group) just before the shares step, after it shared its keys; the round completes with
+    process group) just before the masked-input exchange, after it shared its keys; the round completes with
     the three survivors, and the aggregate equals their plaintext sum. (Complete graph, n = 4, so
     t = 2: each survivor's masks need 2 live neighbours, which one dropout leaves.)"""
     result, progress = tmp_path / "res.json", tmp_path / "progress.jsonl"
@@ -740,7 +885,7 @@ def test_engine_round_with_a_killed_supernode_sums_the_survivors_exactly(deploym
         def killer():
             while not done.is_set():
                 lines = progress.read_text().splitlines() if progress.exists() else []
-                if any(json.loads(line)["step"] == "shares" for line in lines):
+                if any(json.loads(line)["stage"] == "masked_input" for line in lines):
                     dep.kill_node(3)
                     return
                 time.sleep(0.1)

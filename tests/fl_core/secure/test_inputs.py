@@ -25,21 +25,29 @@ def _updates(d, scale):
     return {u: rng.normal(0, scale, d) for u in IDS}
 
 
-def _simulated_words(updates, examples, *, spec, ddg, rng):
+def _simulated_words(updates, examples, *, spec, ddg, rng, weighted=False):
     seen = {}
     out = secure_mean(updates, examples, spec=spec, ddg=ddg, round_seed=SEED, rng=rng, secure_randomness=False,
-                      on_inputs=seen.update)
+                      on_inputs=seen.update, weighted=weighted)
     return seen, out
 
 
-@pytest.mark.xfail(reason="known defect after the issue-12/15/17 merges (cohort vs Opacus keystream noise; inputs vs transport words): open, see the issue notes", strict=False)
-def test_fixed_point_words_are_the_same_on_the_simulator_path_and_a_transport():
+@pytest.mark.parametrize("weighted", [True, False], ids=["weighted", "uniform"])
+def test_fixed_point_words_are_the_same_on_the_simulator_path_and_a_transport(weighted):
+    """Without DP the mean is example-weighted (the count is one more word); under any DP mode it is
+    uniform and no count leaves a client. Either way a transport's setup (an InputSpec) and the
+    simulator give the same words."""
     updates = _updates(50, 1.0)  # norms ~7: clipped to 2
     examples = {u: 10 * (u + 1) for u in IDS}
     rspec = SecureRoundSpec(enabled=True, graph=GraphKind.COMPLETE, bits=32, min_survivors=4, update_clip=2.0,
                             max_clients=4, example_cap=100)
-    seen, out = _simulated_words(updates, examples, spec=rspec, ddg=None, rng=np.random.default_rng(7))
-    enc = InputSpec(InputKind.FIXED_POINT, dim=50, bits=32, l2_clip=2.0, num_clients=4, example_cap=100).encoder()
+    seen, out = _simulated_words(updates, examples, spec=rspec, ddg=None, rng=np.random.default_rng(7),
+                                 weighted=weighted)
+    spec = InputSpec(InputKind.FIXED_POINT, dim=50, bits=32, l2_clip=2.0, num_clients=4, example_cap=100,
+                     weighted=weighted)
+    spec = InputSpec.from_dict(spec.to_dict())  # as a node reads it from the round setup
+    assert spec.word_dim == (51 if weighted else 50)
+    enc = spec.encoder()
     rng = np.random.default_rng(7)  # the simulator draws each client's rounding from it, in id order
     for u in IDS:
         words = enc.encode(updates[u], client_id=u, round_number=1, round_seed=SEED, num_examples=examples[u], rng=rng)
@@ -47,7 +55,17 @@ def test_fixed_point_words_are_the_same_on_the_simulator_path_and_a_transport():
     # the mean the simulator decodes is the transport's decode of the same sum
     total = sum(seen[u].astype(np.uint64) for u in IDS).astype(np.uint32)
     dec = enc.decode(total, survivors=4, round_seed=SEED)
-    assert np.allclose(dec.mean.astype(np.float32), out.mean_update) and dec.total_examples == out.total_examples == 100
+    assert np.allclose(dec.mean.astype(np.float32), out.mean_update)
+    assert dec.total_examples == out.total_examples == (100 if weighted else None)
+    assert not np.allclose(out.mean_update, 0)
+
+
+def test_a_setup_without_the_weighted_field_reads_as_weighted():
+    d = InputSpec(InputKind.FIXED_POINT, dim=5, bits=32, l2_clip=1.0, num_clients=3, example_cap=10).to_dict()
+    del d["weighted"]  # written before the field existed
+    assert InputSpec.from_dict(d).weighted and InputSpec.from_dict(d).word_dim == 6
+    with pytest.raises(ConfigError, match="weighted must be a bool"):
+        InputSpec(InputKind.FIXED_POINT, dim=5, bits=32, weighted="no")
 
 
 def test_ddg_words_are_the_same_on_the_simulator_path_and_a_transport():
