@@ -88,7 +88,7 @@ def ours_inprocess(n, d, dropped, k, t, *, dp: bool, repeats: int, serialize: bo
                                    example_cap=EXAMPLES)
     start = ArrayRecord([np.zeros(d, dtype=np.float32)])
     nodes = {100 + i: {"partition-id": i} for i in range(n)}
-    silent = {3: {100 + u for u in dropped}}  # calls: 0 hello, 1 setup, 2 keys, 3 shares (masked input)
+    silent = {2: {100 + u for u in dropped}}  # calls: 0 setup, 1 keys, 2 shares (masked input); no hello (semi-honest)
     times = []
     for _ in range(repeats):
         grid = InProcessGrid(app, nodes, silent_from=silent, serialize=serialize)
@@ -105,7 +105,7 @@ def ours_inprocess(n, d, dropped, k, t, *, dp: bool, repeats: int, serialize: bo
     return {"system": "ours", "k": rec.k, "t": rec.threshold, "input": "ddg epsilon=8" if dp else "fixed point",
             "survivors": len(survivors), **summarize(times), **per_client_bytes(grid, survivors),
             "max_abs_error": float(np.max(np.abs(got - want))) if not dp else None,
-            "note": "time of the round (setup, keys, shares, unmask), the hello excluded"}
+            "note": "time of the round (setup, keys, shares, unmask); semi-honest, so no hello"}
 
 
 def ours_bare(n, d, dropped, k, t, *, repeats: int) -> dict:

@@ -15,6 +15,7 @@ that stop answering from the i-th ``send_and_receive`` call on (0-based).
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 
 from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
@@ -90,7 +91,7 @@ class InProcessGrid(Grid):
         self.calls += 1
         ids = []
         for msg in messages:
-            msg.metadata.__dict__["_message_id"] = msg.object_id  # as Flower's grids do
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # as Flower's InMemoryGrid does
             ids.append(msg.metadata.message_id)
             nid = msg.metadata.dst_node_id
             if nid not in self.node_configs:

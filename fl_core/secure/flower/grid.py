@@ -58,6 +58,7 @@ class GridExchange:
         self.train_content = dict(train_content or {})  # node id -> the strategy's records for it
         self.log = log
         self.errors: dict[int, str] = {}
+        self.partitions: dict[int, int] = {}  # client -> the partition-id its setup reply reported
         self.step_rtt: dict[str, float] = {}  # stage key -> seconds of its send_and_receive
 
     def __call__(self, stage: ProtocolStage, outgoing: Mapping[int, bytes]) -> dict[int, bytes]:
@@ -68,9 +69,10 @@ class GridExchange:
                 base = self.train_content.get(nid)
                 content = RecordDict(dict(base.items()) if base is not None else {})
                 content[RECORD] = ConfigRecord({"op": "input", "data": data})
+            elif stage is ProtocolStage.KEYS:  # the setup names the node's protocol id
+                content = RecordDict({RECORD: ConfigRecord({"op": "setup", "data": data, "client-id": u})})
             else:
-                op = "setup" if stage is ProtocolStage.KEYS else "step"
-                content = RecordDict({RECORD: ConfigRecord({"op": op, "data": data})})
+                content = RecordDict({RECORD: ConfigRecord({"op": "step", "data": data})})
             msgs.append(Message(content, dst_node_id=nid, message_type=self.message_type,
                                 group_id=self.group_id, ttl=self.timeout))
         t0 = time.perf_counter()
@@ -87,8 +89,11 @@ class GridExchange:
             if u is None or u not in outgoing:
                 continue
             try:
-                out[u] = bytes(rep.content.config_records[RECORD]["data"])
-            except (KeyError, TypeError):
+                rec = rep.content.config_records[RECORD]
+                out[u] = bytes(rec["data"])
+                if "partition-id" in rec:
+                    self.partitions[u] = int(rec["partition-id"])
+            except (KeyError, TypeError, ValueError):
                 self.errors[u] = f"{stage.key}: reply without our record"
         return out
 
@@ -105,7 +110,8 @@ class RoundRecord:
     threshold: int = 0
     min_survivors: int = 0
     seconds: float = 0.0
-    hello_seconds: float = 0.0
+    hello_seconds: float = 0.0           # active mode: the hello of nodes not seen before
+    partitions: dict[int, int] = field(default_factory=dict)  # client -> partition-id it reported (unchecked)
     step_seconds: dict[str, float] = field(default_factory=dict)
     upload_bytes_per_client: int = 0     # most any client sent in this round
     download_bytes_per_client: int = 0   # most any client was sent (the setup carries the model)
@@ -118,6 +124,7 @@ class RoundRecord:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "aggregate"}
         d["stage_survivors"] = {s: list(v) for s, v in self.stage_survivors.items()}
         d["dropouts"] = {str(u): why for u, why in self.dropouts.items()}
+        d["partitions"] = {str(u): p for u, p in self.partitions.items()}
         if self.aggregate is not None:
             d["aggregate"] = self.aggregate.tolist()
         return d
@@ -221,7 +228,10 @@ class SecureGrid(Grid):
         mtype = first.metadata.message_type
         by_node = {m.metadata.dst_node_id: m for m in train}
         new = [nid for nid in sorted(by_node) if nid not in self.nodes and nid not in self._refused]
-        if new:
+        if new and s.verify_keys is None:  # semi-honest: the server numbers the nodes, the setup says who is who
+            for nid in new:
+                self.nodes[nid] = max(self.nodes.values(), default=-1) + 1
+        elif new:  # active mode: a node's id is the one its signing key is registered under
             self._hello(new, mtype)
         hello_s = time.perf_counter() - t0
         node_of = {self.nodes[nid]: nid for nid in by_node if nid in self.nodes}
@@ -235,7 +245,7 @@ class SecureGrid(Grid):
             vec, layout = arrays_to_vector(base)
         try:
             if n < max(m, 2):
-                raise AbortedError(f"only {n} sampled nodes answered the hello, fewer than min_survivors={m}")
+                raise AbortedError(f"only {n} sampled nodes have a protocol id, fewer than min_survivors={m}")
             spec = s.input_spec(dim=0 if vec is None else vec.size, num_clients=n, min_survivors=m)
             event = None
             if spec.kind is InputKind.DDG:
@@ -294,6 +304,7 @@ class SecureGrid(Grid):
         finally:
             rec.dropouts = dict(exchange.errors)
             rec.step_seconds = dict(exchange.step_rtt)
+            rec.partitions = dict(exchange.partitions)
         rec.dropouts.update({u: f"rejected: {why}" for u, why in stats.rejected.items()})
         rec.survivors, rec.stage_survivors = result.survivors, dict(result.stage_survivors)
         rec.upload_bytes_per_client = max(stats.upload_bytes.values(), default=0)
