@@ -76,22 +76,24 @@ def _train_and_encode(msg: Message, context: Context, call_next, setup: RoundSet
     encode ``trained - received``; the reply and its metrics stay here. (Training at this step, as
     Flower's secaggplus_mod does, keeps the input out of the state saved between messages.)"""
     u = saved_client_id(context.state.config_records[STATE_RECORD]["state"], signing_key=file_signing_key(context))
-    update = examples = None
-    if setup.input.kind is not InputKind.WORDS:
-        key, sent = model_record(msg.content)
-        start, layout = arrays_to_vector(sent)
-        result = call_next(msg, context)
-        if result.has_error():
-            return result
-        _, trained = model_record(result.content, key)
-        trained_vec, got = arrays_to_vector(trained)
-        if got != layout:
-            raise InputError("the train handler returned arrays of another layout than it was sent")
-        update = trained_vec - start
-        for m in result.content.metric_records.values():
-            if "num-examples" in m:
-                examples = int(m["num-examples"])
-        del result, trained  # the trained model and its metrics stay on this node
+    if setup.input.kind is InputKind.WORDS:  # test words: the train handler does not run
+        return setup.input.encoder().encode(None, client_id=u, round_number=setup.round_number,
+                                            round_seed=setup.round_seed)
+    key, sent = model_record(msg.content)
+    start, layout = arrays_to_vector(sent)
+    result = call_next(msg, context)
+    if result.has_error():
+        return result
+    _, trained = model_record(result.content, key)
+    trained_vec, got = arrays_to_vector(trained)
+    if got != layout:
+        raise InputError("the train handler returned arrays of another layout than it was sent")
+    update = trained_vec - start
+    examples = None
+    for m in result.content.metric_records.values():
+        if "num-examples" in m:
+            examples = int(m["num-examples"])
+    del result, trained  # the trained model and its metrics stay on this node
     return setup.input.encoder().encode(update, client_id=u, round_number=setup.round_number,
                                         round_seed=setup.round_seed, num_examples=examples)
 
