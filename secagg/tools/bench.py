@@ -21,6 +21,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -313,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 bits=a.bits, corrupt=a.corrupt, seed=a.seed, mode=a.mode, workers=a.workers, repeats=a.repeats)
     except ConfigError as e:
         p.error(str(e))
+    r = {"command": "python -m secagg.bench " + " ".join(sys.argv[1:] if argv is None else argv), **r}
     print_table(r)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
