@@ -99,3 +99,21 @@ def test_deep_bytes_counts_each_object_once():
     one = bench.deep_bytes([blob], set())
     assert bench.deep_bytes([blob, blob, (blob,)], set()) < one + 200  # the second and third are references
     assert bench.deep_bytes([bytes(1000), bytes(999)], set()) > one + 900
+
+
+def test_readme_prints_the_measured_10000_client_round():
+    """README's n=10,000 row and memory split are those of the committed JSON files."""
+    readme = (ROOT / "README.md").read_text()
+    r = json.loads((ROOT / "benchmarks" / "results" / "secagg_n10000_d10000.json").read_text())
+    row = next(ln for ln in readme.splitlines() if "`secagg_n10000_d10000.json`" in ln)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:7] == [f"{r['k']} / {r['threshold']}", str(r["exact"]), f"{r['round_seconds']:.1f}",
+                          f"{r['floor_seconds']:.1f} / {r['floor_all_core_seconds']:.1f}", f"{r['ratio_to_floor']:.2f}",
+                          f"{r['peak_rss_bytes'] / 2**20:.0f} MiB ({r['n_times_d_words_bytes'] / 2**20:.0f})"]
+    flat = " ".join(readme.split())
+    stages = r["stages"]
+    assert (f"keys {stages['keys']['seconds']:.1f} ({stages['keys']['client_seconds']:.1f} + "
+            f"{stages['keys']['server_seconds']:.1f})") in flat
+    m = json.loads((ROOT / "benchmarks" / "results" / "secagg_memory_n10000_d10000.json").read_text())
+    assert f"most {m['server_peak_bytes'] / 2**20:.0f} MiB" in flat
+    assert f"{m['rss_before_round_bytes'] / 2**20:.0f} MiB before the round" in flat
