@@ -71,10 +71,11 @@ def _one_of(cfg, p: _Problems) -> None:
 def _cohort_and_data(cfg, p: _Problems) -> None:
     d, sa, n = cfg.data, cfg.secagg, cfg.data.num_clients
     if cfg.clients_per_round is not None and p.ok("data.num_clients", "clients_per_round"):
-        lo = 2 if sa.enabled else 1
+        lo = 3 if sa.enabled else 1  # secagg: threshold t >= 2 shares among the k = n - 1 others
         if not lo <= cfg.clients_per_round <= n:
             p.add("clients_per_round", cfg.clients_per_round, f"must be an int in [{lo}, data.num_clients = {n}]"
-                  + (" (secure aggregation needs 2)" if lo == 2 else ""))
+                  + (" (secure aggregation needs 3: each secret is split into t >= 2 shares held by the "
+                     "other clients)" if sa.enabled else ""))
     if d.loader is not None:
         return  # the rules below are about the built-in datasets and models
     if p.ok("data.dataset", "data.partition"):

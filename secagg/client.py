@@ -9,8 +9,11 @@ of one peer, a survivor list that grew) raises ``RefusedRequestError`` and abort
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
+import operator
 import os
 import struct
 from collections.abc import Callable
@@ -31,7 +34,7 @@ from .messages import (AdvertiseKeys, ConsistencyRequest, ConsistencySignature, 
 from .state import Event, Stage, next_stage
 
 STAGE_SHARES = 1  # the AEAD stage byte for encrypted shares
-STATE_VERSION = 2  # ClientParty.to_state() layout; v2 records the round digest
+STATE_VERSION = 3  # ClientParty.to_state() layout; v2 records the round digest, v3 only mask keys of peers
 _STATE_MAGIC = b"SAst"
 
 
@@ -99,7 +102,7 @@ class ClientParty:
             raise LocalProtocolError(f"signing_key does not match verify_keys[{client_id}]")
         self.config = config
         self.id = client_id
-        self.neighbours = frozenset(config.neighbours(client_id))
+        self.neighbours = config.neighbours(client_id)  # sorted tuple (a set of k ids per client is n*k sets' worth)
         if config.excess_noise != (noise_seed is not None):
             raise LocalProtocolError("config.excess_noise needs a noise_seed, and a round without it "
                                      "must not be given one")
@@ -113,7 +116,7 @@ class ClientParty:
         self._channel: kex.KeyPair | None = None
         self._mask: kex.KeyPair | None = None
         self._self_seed: bytes | None = None
-        self._peers: dict[int, tuple[bytes, bytes]] = {}   # U1 neighbours: id -> (c_pk, s_pk)
+        self._peers: dict[int, bytes] = {}                 # U1 neighbours: id -> s_pk (c_pk is spent in stage 1)
         self._held: dict[int, tuple[bytes, ...]] = {}      # U2 neighbours: (sk, b[, noise seed]) shares
         self._share_keys: dict[int, bytes] = {}            # AEAD key per U1 neighbour, agreed once
         self._survivors: tuple[int, ...] | None = None
@@ -147,10 +150,12 @@ class ClientParty:
         """Handle one server message and return the reply to send."""
         if self.stage is Stage.ABORTED:
             raise AbortedError(f"client {self.id} has aborted this round")
-        msg = wire.decode(message) if isinstance(message, (bytes, bytearray, memoryview)) else message
+        from_wire = isinstance(message, (bytes, bytearray, memoryview))
+        msg = wire.decode(message) if from_wire else message
         if not isinstance(msg, SERVER_TO_CLIENT):
             raise UnexpectedMessageError(f"client {self.id} got a {type(msg).__name__}, which only the server receives")
-        wire.check_fields(msg)
+        if not from_wire:  # decode built it from checked fields; an object may hold anything
+            wire.check_fields(msg)
         if msg.session_id != self.config.session_id:
             raise WrongSessionError(f"client {self.id}: message of session {msg.session_id.hex()[:16]}…, "
                                     f"this round is {self.config.session_id.hex()[:16]}…")
@@ -162,6 +167,8 @@ class ClientParty:
         handler = {KeysBroadcast: self._on_keys, ForwardedShares: self._on_shares,
                    ConsistencyRequest: self._on_consistency, UnmaskRequest: self._on_unmask}[type(msg)]
         try:
+            if not from_wire and isinstance(msg, (ConsistencyRequest, UnmaskRequest)):
+                self._require_increasing(msg)
             reply = handler(msg)
         except (RefusedRequestError, RoundMismatchError, AbortedError):
             self.stage = Stage.ABORTED
@@ -203,7 +210,7 @@ class ClientParty:
                 "channel": [self._channel.private.hex(), self._channel.public.hex()] if self._channel else None,
                 "mask": [self._mask.private.hex(), self._mask.public.hex()] if self._mask else None,
                 "self_seed": hx(self._self_seed), "noise_seed": hx(self._noise_seed),
-                "peers": {str(v): [c.hex(), s.hex()] for v, (c, s) in self._peers.items()},
+                "peers": {str(v): s.hex() for v, s in self._peers.items()},
                 "held": {str(v): [x.hex() for x in shares] for v, shares in self._held.items()},
                 "share_keys": {str(v): k.hex() for v, k in self._share_keys.items()},
                 "survivors": None if self._survivors is None else list(self._survivors)}
@@ -232,7 +239,7 @@ class ClientParty:
             keys = [(k, None if head[k] is None else kex.KeyPair(*map(bytes.fromhex, head[k])))
                     for k in ("channel", "mask")]
             self_seed = unhex(head["self_seed"])
-            peers = {int(v): (bytes.fromhex(c), bytes.fromhex(s)) for v, (c, s) in head["peers"].items()}
+            peers = {int(v): bytes.fromhex(s) for v, s in head["peers"].items()}
             held = {int(v): tuple(bytes.fromhex(x) for x in shares) for v, shares in head["held"].items()}
             noise_seed = unhex(head.get("noise_seed"))
             share_keys = {int(v): bytes.fromhex(k) for v, k in head["share_keys"].items()}
@@ -267,7 +274,7 @@ class ClientParty:
         peers: dict[int, tuple[bytes, bytes]] = {}
         seen_keys = {self._channel.public, self._mask.public}
         for p in msg.peers:
-            if p.client_id not in self.neighbours:
+            if not _has(self.neighbours, p.client_id):
                 raise UnknownClientError(f"client {self.id}: keys of {p.client_id}, who is not a neighbour")
             if len(p.channel_pk) != 32 or len(p.mask_pk) != 32:
                 raise DecodeError(f"client {self.id}: keys of {p.client_id} have the wrong length")
@@ -288,7 +295,6 @@ class ClientParty:
                                      f"round parameters")
         if len(peers) < cfg.threshold:
             self._abort(f"only {len(peers)} neighbours advertised keys, fewer than threshold t={cfg.threshold}")
-        self._peers = peers
         channel_sk = kex.private_key(self._channel.private)
         self._self_seed = self._randbytes(32)
         ids = sorted(peers)
@@ -297,17 +303,19 @@ class ClientParty:
         b_shares = shamir.split(self._self_seed, threshold=cfg.threshold, xs=xs, randbytes=self._randbytes)
         noise_shares = (shamir.split(self._noise_seed, threshold=cfg.threshold, xs=xs, randbytes=self._randbytes)
                         if cfg.excess_noise else [None] * len(ids))
-        out = []
+        out, share_keys = [], {}
         for v, sk_share, b_share, noise_share in zip(ids, sk_shares, b_shares, noise_shares):
             key = kex.share_key(channel_sk, peers[v][0], session_id=cfg.session_id, u=self.id, v=v)
-            key = self._share_keys[v] = bound_share_key(key, session_id=cfg.session_id, u=self.id,
-                                                        u_mask_pk=self._mask.public, v=v, v_mask_pk=peers[v][1])
+            key = share_keys[v] = bound_share_key(key, session_id=cfg.session_id, u=self.id,
+                                                  u_mask_pk=self._mask.public, v=v, v_mask_pk=peers[v][1])
             plaintext = struct.pack(">II", self.id, v) + sk_share.to_bytes() + b_share.to_bytes()
             if noise_share is not None:
                 plaintext += noise_share.to_bytes()
             out.append(EncryptedShare(v, aead.seal(key, plaintext, round_digest=cfg.round_digest,
                                                    stage=STAGE_SHARES, sender=self.id, receiver=v)))
         commitment = self_mask_commitment(cfg.round_digest, self.id, self._self_seed)
+        self._peers = {v: mask_pk for v, (_, mask_pk) in peers.items()}
+        self._share_keys = share_keys
         self._noise_seed = None  # it lives on only in the shares
         return ShareKeys(cfg.session_id, self.id, commitment, tuple(out))
 
@@ -337,10 +345,11 @@ class ClientParty:
         plus, minus = [self._self_seed], []
         mask_sk = kex.private_key(self._mask.private)
         for v in sorted(held):  # may raise (bad peer key): before any state changes
-            seed = kex.pairwise_mask_seed(mask_sk, self._peers[v][1], session_id=cfg.session_id,
+            seed = kex.pairwise_mask_seed(mask_sk, self._peers[v], session_id=cfg.session_id,
                                           u=self.id, v=v)
             (plus if mask_sign(self.id, v) > 0 else minus).append(seed)
         self._held = held
+        self._peers, self._share_keys = {}, {}  # needed no more: the round's n*k of them are most of its memory
         words, self._input = self._input, None  # our own copy (set_input): mask it in place
         masking.add_masks(words, plus=plus, minus=minus, bits=cfg.bits)
         signature = b""
@@ -350,16 +359,30 @@ class ClientParty:
 
     # ------------------------------------------------------------------ stage 3: consistency
 
+    def _require_increasing(self, msg: ConsistencyRequest | UnmaskRequest) -> None:
+        """The id lists of a message object must be strictly increasing, as wire.decode makes sure
+        of for bytes (the handlers rely on it): a list repeating the client's own id passed the
+        min_survivors count."""
+        lists = {"survivor": msg.survivors}
+        if isinstance(msg, UnmaskRequest):
+            lists["dropped"] = msg.dropped
+        for name, ids in lists.items():
+            if not all(map(operator.lt, ids, itertools.islice(ids, 1, None))):
+                raise RefusedRequestError(f"client {self.id}: {name} list is not strictly increasing: {ids[:10]}")
+
     def _check_survivors(self, survivors: tuple[int, ...]) -> None:
+        """The checks on a strictly increasing survivor list, each O(k log n) where it can be: the
+        list is n long and every client gets one."""
         cfg = self.config
-        if any(b <= a for a, b in zip(survivors, survivors[1:])):
-            raise RefusedRequestError(f"client {self.id}: survivor list is not strictly increasing: {survivors[:10]}")
-        if self.id not in survivors:
+        if not _has(survivors, self.id):
             raise RefusedRequestError(f"client {self.id} sent its masked input but is not in the survivor list")
-        unknown = set(survivors) - set(cfg.client_ids)
-        if unknown:
-            raise RefusedRequestError(f"client {self.id}: survivor list names clients not in the round: {sorted(unknown)[:10]}")
-        grown = (set(survivors) & self.neighbours) - set(self._held)
+        ids = cfg.client_ids  # sorted and unique: a contiguous range is checked at its ends
+        inside = (survivors[0] >= ids[0] and survivors[-1] <= ids[-1] if ids[-1] - ids[0] == len(ids) - 1
+                  else frozenset(ids).issuperset(survivors))
+        if not inside:
+            unknown = sorted(set(survivors) - set(ids))
+            raise RefusedRequestError(f"client {self.id}: survivor list names clients not in the round: {unknown[:10]}")
+        grown = {v for v in self.neighbours if _has(survivors, v)} - self._held.keys()
         if grown:
             raise RefusedRequestError(f"client {self.id}: survivor list is not a subset of the clients that "
                                       f"shared with it: {sorted(grown)[:10]} were not")
@@ -383,18 +406,17 @@ class ClientParty:
 
     def _on_unmask(self, msg: UnmaskRequest) -> UnmaskResponse:
         cfg = self.config
-        both = set(msg.survivors) & set(msg.dropped)
+        both = [v for v in msg.dropped if _has(msg.survivors, v)]  # the dropped list is the short one
         if both:
-            raise RefusedRequestError(f"client {self.id} refuses to reveal both shares of client(s) {sorted(both)[:10]}")
+            raise RefusedRequestError(f"client {self.id} refuses to reveal both shares of client(s) {both[:10]}")
         self._check_survivors(msg.survivors)
         if cfg.mode is Mode.ACTIVE:
             if msg.survivors != self._survivors:
                 raise RefusedRequestError(f"client {self.id}: survivor list differs from the one it signed")
             signers = set()  # only our own neighbours count, each once, on exactly this list
             signed = survivors_signed_bytes(cfg.round_digest, msg.survivors)
-            survivors = set(msg.survivors)
             for s in msg.signatures:
-                if s.client_id not in self.neighbours or s.client_id not in survivors or s.client_id in signers:
+                if not _has(self.neighbours, s.client_id) or s.client_id in signers or not _has(msg.survivors, s.client_id):
                     continue
                 try:
                     verify(cfg.verify_keys[s.client_id], s.signature, signed)
@@ -405,19 +427,24 @@ class ClientParty:
             if valid < cfg.threshold:
                 raise RefusedRequestError(f"client {self.id}: {valid} valid signatures of its neighbours on the "
                                           f"survivor list, fewer than t={cfg.threshold}")
-        survivors, dropped = set(msg.survivors), set(msg.dropped)
         # How many noise seeds come off follows from the checked list and our own min_survivors.
-        excess = set(excess_owners(msg.survivors, min_survivors=cfg.min_survivors)) if cfg.excess_noise else set()
+        excess = frozenset(excess_owners(msg.survivors, min_survivors=cfg.min_survivors)) if cfg.excess_noise else ()
         out = []
         for v in sorted(self._held):
-            if v in survivors:
+            if _has(msg.survivors, v):
                 out.append(RevealedShare(v, ShareKind.SELF_MASK, self._held[v][1]))
                 if v in excess:
                     out.append(RevealedShare(v, ShareKind.NOISE_SEED, self._held[v][2]))
-            elif v in dropped:
+            elif _has(msg.dropped, v):
                 out.append(RevealedShare(v, ShareKind.MASK_KEY, self._held[v][0]))
         self._forget()
         return UnmaskResponse(cfg.session_id, self.id, tuple(out))
+
+
+def _has(ids: tuple[int, ...], v: int) -> bool:
+    """``v in ids`` for a strictly increasing tuple, in O(log n)."""
+    i = bisect.bisect_left(ids, v)
+    return i < len(ids) and ids[i] == v
 
 
 def check_words(words: np.ndarray, config: RoundConfig, *, what: str) -> np.ndarray:

@@ -26,7 +26,7 @@ class MessageType(enum.IntEnum):
     UNMASK_RESPONSE = 9        # stage 4, client -> server: the requested shares
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerKeys:
     client_id: int
     channel_pk: bytes   # X25519 c_u: encrypts shares
@@ -35,7 +35,7 @@ class PeerKeys:
     signature: bytes    # Ed25519 over digest and both keys, empty in semi-honest mode
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AdvertiseKeys:
     session_id: bytes
     sender: int
@@ -49,7 +49,7 @@ class AdvertiseKeys:
         return PeerKeys(self.sender, self.channel_pk, self.mask_pk, self.round_digest, self.signature)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeysBroadcast:
     session_id: bytes
     receiver: int
@@ -57,13 +57,13 @@ class KeysBroadcast:
     type = MessageType.KEYS_BROADCAST
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EncryptedShare:
     peer: int           # receiver in SHARE_KEYS, sender in FORWARDED_SHARES
     ciphertext: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ShareKeys:
     session_id: bytes
     sender: int
@@ -72,7 +72,7 @@ class ShareKeys:
     type = MessageType.SHARE_KEYS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ForwardedShares:
     session_id: bytes
     receiver: int
@@ -80,7 +80,7 @@ class ForwardedShares:
     type = MessageType.FORWARDED_SHARES
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class MaskedInput:
     session_id: bytes
     sender: int
@@ -97,7 +97,7 @@ class MaskedInput:
     __hash__ = None  # type: ignore[assignment]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConsistencyRequest:
     session_id: bytes
     receiver: int
@@ -105,7 +105,7 @@ class ConsistencyRequest:
     type = MessageType.CONSISTENCY_REQUEST
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConsistencySignature:
     session_id: bytes
     sender: int
@@ -113,13 +113,13 @@ class ConsistencySignature:
     type = MessageType.CONSISTENCY_SIGNATURE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SignedBy:
     client_id: int
     signature: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UnmaskRequest:
     session_id: bytes
     receiver: int
@@ -135,14 +135,14 @@ class ShareKind(enum.IntEnum):
     NOISE_SEED = 3   # share of v's noise seed: v survived and its noise is excess (secagg.excess)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RevealedShare:
     owner: int
     kind: ShareKind
     share: bytes     # secagg.hazmat.shamir.Share.to_bytes()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UnmaskResponse:
     session_id: bytes
     sender: int

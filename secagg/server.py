@@ -222,6 +222,14 @@ class ServerParty:
             self._sum = np.zeros(cfg.dim, dtype=wire.word_dtype(cfg.bits))
         np.add(self._sum, words, out=self._sum)
 
+    def _set_survivors(self, survivors: tuple[int, ...], dropped: tuple[int, ...]) -> None:
+        """The stage-2 lists, and their sets made once here, not per unmask response (n responses,
+        each naming k owners)."""
+        self._survivors, self._dropped = survivors, dropped
+        self._survivor_set, self._dropped_set = frozenset(survivors), frozenset(dropped)
+        self._excess_set = frozenset(self._excess())
+        self._signed_survivors: bytes | None = None
+
     def _unmask_request(self, u: int, survivors, dropped, signatures=()) -> UnmaskRequest:
         return UnmaskRequest(self.config.session_id, u, survivors, dropped, signatures)
 
@@ -242,7 +250,7 @@ class ServerParty:
             raise AbortedError(f"the survivors' graph is disconnected into {len(parts)} components of sizes "
                                f"{sorted(map(len, parts))[:10]}: their sums would be revealed; the round is aborted "
                                f"before any share is revealed")
-        self._survivors, self._dropped = survivors, dropped
+        self._set_survivors(survivors, dropped)
         if cfg.mode is Mode.ACTIVE:
             return [ConsistencyRequest(cfg.session_id, u, survivors) for u in survivors]
         return [self._unmask_request(u, survivors, dropped) for u in survivors]
@@ -250,8 +258,9 @@ class ServerParty:
     # ------------------------------------------------------------------ stage 3
 
     def _on_signature(self, msg: ConsistencySignature) -> None:
-        verify(self.config.verify_keys[msg.sender], msg.signature,
-               survivors_signed_bytes(self.config.round_digest, self._survivors))
+        if self._signed_survivors is None:  # the same bytes for every signer: packed once
+            self._signed_survivors = survivors_signed_bytes(self.config.round_digest, self._survivors)
+        verify(self.config.verify_keys[msg.sender], msg.signature, self._signed_survivors)
         self._signatures[msg.sender] = msg.signature
 
     def _close_signatures(self, live):
@@ -272,16 +281,17 @@ class ServerParty:
     def _on_unmask(self, msg: UnmaskResponse) -> None:
         u = msg.sender
         neighbours = set(self.config.neighbours(u))
-        survivors, dropped = set(self._survivors), set(self._dropped)
-        excess = set(self._excess())
+        survivors, dropped = self._survivor_set, self._dropped_set
         parsed = []
         for s in msg.shares:
             if s.owner not in neighbours:
                 raise UnknownClientError(f"server: client {u} revealed a share of {s.owner}, not its neighbour")
             if s.kind is ShareKind.NOISE_SEED:
-                requested = s.owner in excess
+                requested = s.owner in self._excess_set
+            elif s.kind is ShareKind.SELF_MASK:
+                requested = s.owner in survivors
             else:
-                requested = (s.kind is ShareKind.SELF_MASK) == (s.owner in survivors) and s.owner in survivors | dropped
+                requested = s.owner in dropped
             if not requested:
                 raise RemoteProtocolError(f"server: client {u} revealed a {s.kind.name} share of {s.owner}, "
                                           f"which was not requested")

@@ -8,7 +8,9 @@ count and range before it allocates, and raises ``DecodeError`` naming what was 
 
 from __future__ import annotations
 
+import array
 import struct
+import sys
 
 import numpy as np
 
@@ -96,8 +98,16 @@ def unpack_words(data: bytes | memoryview, dim: int, bits: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- encoding
 
+_U32 = next(c for c in "IL" if array.array(c).itemsize == 4)  # the array code of 4-byte words
+
+
 def _ids(ids) -> bytes:
-    return struct.pack(f">I{len(ids)}I", len(ids), *ids)
+    """Count and ids as 4-byte big-endian words (an array, not n call arguments: survivor lists
+    are n long and go to n clients)."""
+    words = array.array(_U32, ids)
+    if sys.byteorder == "little":
+        words.byteswap()
+    return struct.pack(">I", len(ids)) + words.tobytes()
 
 
 def _party(msg: Message) -> int:
@@ -243,11 +253,13 @@ class _Reader:
 
     def id_list(self, field: str) -> tuple[int, ...]:
         n = self.count(field, 4)
-        ids = struct.unpack(f">{n}I", self.take(4 * n, field))
-        _check_increasing(ids, self.what, field)
-        if ids and ids[-1] > MAX_ID:
-            raise DecodeError(f"{self.what}: {field} holds invalid client id {ids[-1]}")
-        return ids
+        raw = self.view(4 * n, field)
+        words = np.frombuffer(raw, dtype=">u4")  # checked in one pass in C, before any int object is made
+        if n > 1 and not bool(np.all(words[1:] > words[:-1])):
+            _check_increasing(struct.unpack(f">{n}I", raw), self.what, field)
+        if n and int(words[-1]) > MAX_ID:
+            raise DecodeError(f"{self.what}: {field} holds invalid client id {int(words[-1])}")
+        return struct.unpack(f">{n}I", raw)
 
     def signature(self, field: str, *, optional: bool) -> bytes:
         n = self.u8(field + " length")

@@ -94,7 +94,8 @@ x = 1
     ("[secagg]\ngraph = 'sparse'\nk = 5", "secagg.k"),                  # odd degree
     ("[secagg]\nbits = 63", "secagg.bits"),
     ("[secagg]\nthreshold = 0", "secagg.threshold"),
-    ("clients_per_round = 2\n[secagg]\nmin_survivors = 0.4", "secagg.min_survivors"),
+    ("clients_per_round = 3\n[secagg]\nmin_survivors = 0.3", "secagg.min_survivors"),
+    ("clients_per_round = 2\n[secagg]\nmin_survivors = 1.0", "clients_per_round"),  # secagg: t >= 2 shares
     ("[init]\nmode = 'pretrained'", "init.checkpoint"),
     ("[init]\ncheckpoint = 'w.pt'", "init.checkpoint"),                 # set with mode random
     ("[init]\nmode = 'pretrained'\ncheckpoint = 'missing.pt'", "init.checkpoint"),

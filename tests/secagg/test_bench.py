@@ -77,3 +77,23 @@ def test_bench_refuses_bad_counts(bad, capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(SMALL + bad)
     assert e.value.code == 2
+
+
+def test_readme_prints_the_active_rule_bench_results():
+    """README's active-vs-semi-honest rows and the signature cost are those of the committed JSON."""
+    from pathlib import Path
+    root = Path(__file__).parents[2]
+    readme = (root / "README.md").read_text()
+    for name in ("secagg_n100_d1000000_v2", "secagg_n100_d1000000_active_rule"):
+        r = json.loads((root / "benchmarks" / "results" / f"{name}.json").read_text())
+        row = next(ln for ln in readme.splitlines() if f"`{name}.json`" in ln)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        c = "–" if r["mode"] == "semi-honest" else str(r["max_corrupt_neighbours"])
+        assert cells[1:] == [f"{r['k']} / {r['threshold']} / {c}", str(r["exact"]), f"{r['round_seconds']:.2f}",
+                             f"{r['floor_seconds']:.2f} / {r['floor_all_core_seconds']:.2f}",
+                             f"{r['ratio_to_floor']:.2f}", f"{r['peak_rss_bytes'] / 2**20:.0f} MiB"]
+        if r["mode"] == "active":
+            assert (r["k"], r["threshold"], r["max_corrupt_neighbours"]) == (26, 16, 5)
+            sig, flat = r["masked_input_signature"], " ".join(readme.split())
+            assert f"{sig['round_server_seconds']:.2f} s for the {sig['masked_inputs']} inputs" in flat
+            assert f"{100 * sig['share_of_round']:.1f} % of the active round" in flat

@@ -116,7 +116,7 @@ def test_client_refuses_a_list_below_min_survivors():
 def test_server_rejects_a_noise_share_it_may_not_have():
     cfg, inputs, keys, seeds = _excess_round(n=8, m=5)
     server = ServerParty(cfg)
-    server._survivors, server._dropped = tuple(range(8)), ()
+    server._set_survivors(tuple(range(8)), ())
     from secagg.hazmat import shamir
     share = shamir.split(seeds[1], threshold=cfg.threshold, xs=[1, 2, 3, 4, 5, 6, 7, 8])[0]
     bad = UnmaskResponse(cfg.session_id, 0, (RevealedShare(1, ShareKind.NOISE_SEED, share.to_bytes()),))
