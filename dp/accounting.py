@@ -81,6 +81,7 @@ __all__ = [
     "EpsilonResult",
     "DEFAULT_RDP_ORDERS",
     "compute_epsilon",
+    "privacy_spent",
     "rdp_poisson_gaussian",
     "rdp_ddg",
     "rdp_poisson_subsampled_general",
@@ -635,6 +636,24 @@ class Accountant:
         return acc
 
 
+def privacy_spent(
+    *,
+    sampling_rate: float,
+    noise_multiplier: float,
+    steps: int,
+    delta: float,
+    accountant: AccountantKind | str = AccountantKind.RDP,
+    adjacency: Adjacency | str = Adjacency.ADD_REMOVE,
+) -> EpsilonResult:
+    """``compute_epsilon`` with the accountant that produced it (and why, after a fallback)."""
+    event = PoissonSampledEvent(sampling_rate, GaussianEvent(noise_multiplier))
+    steps = check_count(steps, "steps")
+    delta = check_delta(delta)
+    acc = Accountant(accountant, adjacency=adjacency)
+    acc.compose(event, count=steps)
+    return acc.get_privacy_spent(delta)
+
+
 def compute_epsilon(
     *,
     sampling_rate: float,
@@ -645,9 +664,5 @@ def compute_epsilon(
     adjacency: Adjacency | str = Adjacency.ADD_REMOVE,
 ) -> float:
     """epsilon of ``steps`` Poisson-sampled Gaussian steps (DP-SGD or DP-FedAvg rounds)."""
-    event = PoissonSampledEvent(sampling_rate, GaussianEvent(noise_multiplier))
-    steps = check_count(steps, "steps")
-    delta = check_delta(delta)
-    acc = Accountant(accountant, adjacency=adjacency)
-    acc.compose(event, count=steps)
-    return acc.get_epsilon(delta)
+    return privacy_spent(sampling_rate=sampling_rate, noise_multiplier=noise_multiplier, steps=steps,
+                         delta=delta, accountant=accountant, adjacency=adjacency).epsilon

@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Sequence, TextIO
 
-from dp.accounting import AccountantKind, compute_epsilon
+from dp.accounting import AccountantKind, privacy_spent
 from dp.calibration import calibrate_noise_multiplier
 from dp.errors import DPError
 
@@ -71,15 +71,19 @@ def _run(args: argparse.Namespace) -> dict[str, object]:
         out["target_epsilon"] = args.target_epsilon
     else:
         z = args.noise_multiplier
-    eps = compute_epsilon(noise_multiplier=z, accountant=kind, **common)
+    res = privacy_spent(noise_multiplier=z, accountant=kind, **common)
     out.update(
-        epsilon=eps,
+        epsilon=res.epsilon,
         delta=args.delta,
         noise_multiplier=z,
         sampling_rate=args.sampling_rate,
         steps=args.steps,
-        accountant=kind.value,
+        accountant=res.accountant.value,  # the one that produced epsilon (a PLD/PRV may fall back)
     )
+    if res.accountant is not kind:
+        out["accountant_requested"] = kind.value
+    if res.note:
+        out["note"] = res.note
     return out
 
 
@@ -107,14 +111,16 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         print(
             f"noise multiplier {result['noise_multiplier']:.6g} gives epsilon "
             f"{result['epsilon']:.6g} <= {result['target_epsilon']:g} at delta {args.delta:g} "
-            f"(sampling rate {args.sampling_rate:g}, {args.steps} steps, {args.accountant})",
+            f"(sampling rate {args.sampling_rate:g}, {args.steps} steps, {result['accountant']})"
+            + (f"; {result['note']}" if "accountant_requested" in result else ""),
             file=stdout,
         )
     else:
         print(
             f"epsilon {result['epsilon']:.6g} at delta {args.delta:g} "
             f"(noise multiplier {args.noise_multiplier:g}, sampling rate {args.sampling_rate:g}, "
-            f"{args.steps} steps, {args.accountant})",
+            f"{args.steps} steps, {result['accountant']})"
+            + (f"; {result['note']}" if "accountant_requested" in result else ""),
             file=stdout,
         )
     return 0

@@ -65,8 +65,12 @@ def signal_to_noise(*, summands: int, l2_clip: float, noise_std: float, dim: int
 
 
 def _binom_cdf_below(m: int, n: int, p: float) -> float:
-    """P(Binomial(n, p) < m)."""
-    return float(sum(math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(0, min(m, n + 1))))
+    """P(Binomial(n, p) < m), each term in log space (math.comb(10000, k) overflows a float)."""
+    if p <= 0.0 or p >= 1.0:
+        return float((0 if p <= 0.0 else n) < m)
+    lp, lq, top = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    return min(1.0, math.fsum(math.exp(top - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * lp + (n - k) * lq)
+                              for k in range(0, min(m, n + 1))))
 
 
 def abort_probability(*, clients: int, min_survivors: int, drop_before_input: float,

@@ -445,6 +445,10 @@ class SampleLevelDP(PrivacyPlan):
                            "batch_size": cfg.local.batch_size, "local_epochs": cfg.local.epochs,
                            "local_steps": cfg.local.steps, "grad_sample_mode": dp.grad_sample_mode.value,
                            "planned_visits_per_client": self.planned_visits},
+            "wrap_probability": {
+                "per_coordinate": 0.0, "per_round": 0.0,
+                "model": ("none can wrap: the fixed-point scale is chosen so that the sum of max_clients inputs, each "
+                          "clipped to secagg's l2_clip, fits the modulus (secagg.encoding.FixedPointEncoding.for_sum)")},
             "epsilon_worst_client": worst, "worst_client": worst_id, "delta": dp.delta,
             "epsilon_per_client": per,
         }

@@ -172,3 +172,61 @@ def test_adjacency_survives_a_checkpoint() -> None:
 def test_bad_adjacency_is_a_typed_error() -> None:
     with pytest.raises(DPConfigError, match="'sideways'"):
         Accountant(adjacency="sideways")
+
+
+# --- bounded time and memory, measured on a real process ------------------------------------
+
+
+def _cli_process(q: float, z: float, steps: int, kind: str):
+    """``python -m dp epsilon`` in its own process: (exit status, stdout, wall seconds, peak RSS MiB)."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "dp", "epsilon", "--sampling-rate", str(q), "--noise-multiplier", str(z),
+           "--steps", str(steps), "--delta", "1e-5", "--accountant", kind, "--json"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux: the largest child so far
+    return p.returncode, p.stdout, p.stderr, wall, (peak if peak > before else None)
+
+
+@pytest.mark.parametrize("kind", ["rdp", "pld", "prv"])
+def test_cli_q1_z05_10000_steps_is_cheap_in_process(kind: str) -> None:
+    # the cheap version: the issue's case through the CLI, each accountant, a result with its source
+    import io
+    import json
+
+    out = io.StringIO()
+    assert main(["epsilon", "--sampling-rate", "1", "--noise-multiplier", "0.5", "--steps", "10000",
+                 "--delta", "1e-5", "--accountant", kind, "--json"], stdout=out) == 0
+    res = json.loads(out.getvalue())
+    assert res["accountant"] == kind and math.isfinite(res["epsilon"]) and res["epsilon"] > 0
+    if kind != "rdp":
+        assert res["epsilon"] == pytest.approx(tight.gaussian_epsilon(200.0, 1e-5))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("q,z,steps", [(1.0, 0.5, 10_000), (0.5, 0.5, 10_000), (0.1, 0.8, 10_000)])
+@pytest.mark.parametrize("kind", ["rdp", "pld", "prv"])
+def test_cli_hard_cases_end_within_60_s_and_6_gb(kind: str, q: float, z: float, steps: int) -> None:
+    # Full version, one process per case (benchmarks/accountant_limits.py records the figures):
+    # an epsilon (exit 0) or a one-line typed error (exit 2), in under 60 s and 6 GB.
+    import json
+
+    code, stdout, stderr, wall, peak_kib = _cli_process(q, z, steps, kind)
+    assert code in (0, 2), stderr
+    if code == 0:
+        assert math.isfinite(json.loads(stdout)["epsilon"])
+    else:
+        assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("python -m dp: error:")
+    assert wall < 60
+    if peak_kib is not None:  # the largest child of this test process so far: an upper bound
+        assert peak_kib < 6 * 1024 * 1024

@@ -18,7 +18,8 @@ import dp.distributed
 import dp.xnoise
 import secagg.hazmat.prg as prg
 from tests.fl_core.overrides import config_with
-from fl_core.audit.checks import audit_run, correlation_p_value, holm, uniformity_p_value, witness_inputs, write_audit
+from fl_core.audit.checks import (audit_run, correlation_p_value, holm, render_markdown, uniformity_p_value,
+                                  witness_inputs, write_audit)
 from fl_core.run.canaries import AUDIT_DIR, read_messages, read_trajectory, write_messages
 from fl_core.cli import main as cli_main
 from fl_core.run.loop import run
@@ -301,6 +302,23 @@ def test_a_privacy_json_that_understates_epsilon_is_flagged(client_run, tmp_path
     (d / "privacy.json").write_text(json.dumps(priv))
     rep = audit_run(d, use_witness=False, log=lambda m: None)
     assert rep["flagged"] and any("ledger" in r for r in rep["reasons"])
+
+
+def test_a_wrong_epsilon_in_privacy_json_is_flagged_by_the_cross_check(client_run, tmp_path):
+    """A claim 2% above the truth passes the ledger check (it is not an understatement) but not
+    the cross-check by a second implementation; the true claim passes both."""
+    rep = audit_run(client_run, use_witness=False, log=lambda m: None)
+    assert rep["epsilon_crosscheck"]["ok"] is True and not any("recomputation" in r for r in rep["reasons"])
+    d = copy_run(client_run, tmp_path / "overstated")
+    priv = json.loads((d / "privacy.json").read_text())
+    priv["epsilon"] *= 1.02
+    (d / "privacy.json").write_text(json.dumps(priv))
+    rep = audit_run(d, use_witness=False, log=lambda m: None)
+    cross = rep["epsilon_crosscheck"]
+    assert cross["ok"] is False and cross["relative_difference"] > 0.01
+    assert rep["flagged"] and any("recomputation" in r and "more than 1%" in r for r in rep["reasons"])
+    assert not any("ledger" in r for r in rep["reasons"])
+    assert "**DISAGREE**" in render_markdown(rep)
 
 
 def test_nothing_recorded_means_no_server_view(tmp_path):

@@ -75,3 +75,13 @@ def test_dp_sgd_guard_rail_counts_the_rounds_local_steps(tmp_path):
     assert steps >= 5 and snr["inputs"]["noise_std"] == pytest.approx(
         math.sqrt(steps) * json.loads((tmp_path / rundir.PRIVACY).read_text())["mechanisms"][0]["parameters"]
         ["noise_multiplier"])
+
+
+def test_abort_probability_of_a_10000_client_population_matches_scipy():
+    # the cross-device examples: math.comb(10000, k) * p**k overflowed a float
+    from scipy import stats
+
+    g = abort_probability(clients=10_000, min_survivors=180, drop_before_input=0.05, sampling_rate=0.03)
+    assert g.value == pytest.approx(stats.binom.cdf(179, 10_000, 0.03 * 0.95), rel=1e-9)
+    assert abort_probability(clients=10_000, min_survivors=9_000, drop_before_input=0.05).value == pytest.approx(
+        stats.binom.cdf(8_999, 10_000, 0.95), rel=1e-9)
