@@ -44,7 +44,7 @@ from fl_core.run.canaries import AuditRecorder
 from fl_core.run.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from fl_core.run.guardrails import check_run
 from fl_core.run.observer import RunObserver
-from fl_core.run.privacy import PrivacyPlan, privacy_plan
+from fl_core.run.privacy import PrivacyPlan, poisson_cohort_cap, privacy_plan
 from fl_core.run.report import RunSummary, write_outputs
 from fl_core.run.setup import (as_run_config, build_data_and_model, derive_seed, fit_to_data, int_seed,
                               load_run_data)
@@ -94,8 +94,11 @@ class _Trainer:
                        + self.recorder.max_canaries())
         min_survivors = min(max(2, math.ceil(cfg.secagg.min_survivors * expected)), max_clients)
         self.sizes = self.data.num_examples()
+        cap = None if cfg.sampling_rate is None else (
+            poisson_cohort_cap(n_clients, cfg.sampling_rate) + self.recorder.max_canaries())
         self.privacy: PrivacyPlan = privacy_plan(cfg, sizes=self.sizes, dim=len(self.params),
-                                                 min_survivors=min_survivors, max_clients=max_clients)
+                                                 min_survivors=min_survivors, max_clients=max_clients,
+                                                 cohort_cap=cap)
         self.guard_rails = check_run(cfg, self.privacy, dim=len(self.params), min_survivors=min_survivors,
                                      clients=max_clients, population=n_clients,
                                      median_examples=int(np.median(self.sizes)))
@@ -230,6 +233,10 @@ class _Trainer:
         try:
             if len(sampled) < 2:
                 raise RoundAborted(f"{len(sampled)} clients sampled")
+            cap = self.privacy.cohort_cap
+            if cap is not None and len(updates) > cap:  # more colluders than the noise is calibrated for
+                raise RoundAborted(f"{len(updates)} clients in the round, more than the {cap} the noise "
+                                   "calibration tolerates colluders for")
             outcome = secure_mean(self.privacy.encode_updates(updates), examples, spec=self.spec,
                                   ddg=self.privacy.ddg, round_seed=derive_seed(cfg.seed, "public-round-seed", r),
                                   rng=rng, secure_randomness=cfg.secure_randomness,

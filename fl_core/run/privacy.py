@@ -32,7 +32,7 @@ from dp.events import (Adjacency, ComposedEvent, GaussianEvent, PoissonSampledEv
 from fl_core.config import DPMode, RunConfig
 
 __all__ = ["PrivacyPlan", "NoPrivacy", "ClientLevelDP", "SampleLevelDP", "privacy_plan", "epsilons",
-           "reported_epsilon"]
+           "reported_epsilon", "poisson_cohort_cap"]
 
 #: The budget of a plan without ``dp.epsilon_budget`` or ``dp.target_epsilon``: account, never stop.
 UNBOUNDED = 1e9
@@ -92,6 +92,8 @@ class PrivacyPlan:
     mode: DPMode = DPMode.NONE
     #: The distributed discrete Gaussian plan secure aggregation adds noise with (client level only).
     ddg: DDGPlan | None = None
+    #: The most clients a round may hold; a larger (Poisson-sampled) round aborts unreleased.
+    cohort_cap: int | None = None
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -158,14 +160,17 @@ class ClientLevelDP(PrivacyPlan):
 
     mode = DPMode.CLIENT
 
-    def __init__(self, cfg: RunConfig, *, dim: int, min_survivors: int, max_clients: int):
+    def __init__(self, cfg: RunConfig, *, dim: int, min_survivors: int, max_clients: int,
+                 cohort_cap: int | None = None):
         super().__init__(cfg)
         dp = cfg.dp
         self.kind = AccountantKind(dp.accountant.value)
         self.adjacency = dp.adjacency or Adjacency.ZERO_OUT
-        # A server colluding with secagg's tolerated corrupt clients knows their noise shares:
-        # the noise is calibrated for the honest survivors alone.
-        self.colluders = math.ceil(cfg.secagg.corrupt * max_clients)
+        # A server colluding with secagg's tolerated corrupt fraction of a round's clients knows
+        # their noise shares: the noise is calibrated for the honest survivors alone. A round
+        # holds at most cohort_cap clients (Poisson sampling: a larger round aborts unreleased).
+        self.cohort_cap = max_clients if cohort_cap is None else min(cohort_cap, max_clients)
+        self.colluders = math.ceil(cfg.secagg.corrupt * self.cohort_cap)
         q = cfg.sampling_rate if cfg.sampling_rate is not None else 1.0
         common = dict(l2_clip=dp.l2_clip, bits=dp.bits or cfg.secagg.bits, dim=dim, num_clients=max_clients,
                       min_survivors=min_survivors, rounds=cfg.rounds, sampling_rate=q,
@@ -265,8 +270,8 @@ class ClientLevelDP(PrivacyPlan):
                                          else "it is replaced by any other update (sensitivity doubled)")),
             "epsilon_replace_one": _replace_one(history, dp.delta, UnitOfPrivacy.CLIENT),
             "trust": (f"The adversary may be the server colluding with up to {self.colluders} clients "
-                      f"(ceil({cfg.secagg.corrupt:g} x {plan.config.num_clients}), secagg's tolerated corrupt "
-                      "fraction): it learns their noise shares, so the noise is calibrated for the "
+                      f"(ceil({cfg.secagg.corrupt:g} x {self.cohort_cap}), secagg's tolerated corrupt fraction of the "
+                      f"at most {self.cohort_cap} clients of a round): it learns their noise shares, so the noise is calibrated for the "
                       f"{honest} = {plan.config.min_survivors} - {self.colluders} honest survivors' shares alone. "
                       "Trusted: the honest clients add their noise shares as specified, from secret seeds; secure "
                       "aggregation reveals only the sum of at least min_survivors inputs; no more than "
@@ -279,6 +284,7 @@ class ClientLevelDP(PrivacyPlan):
                 "calibrated_for_survivors": plan.config.min_survivors,
                 "calibrated_for_honest_survivors": honest,
                 "tolerated_colluding_clients": self.colluders,
+                "most_clients_per_round": self.cohort_cap,
                 "client_sampling_rate_accounted": self.accounting_rate,
                 "sampling": ("Poisson" if cfg.sampling_rate is not None
                              else "fixed-size cohort, accounted without amplification"),
@@ -480,10 +486,20 @@ def epsilons_rdp(history: Sequence, delta: float, adjacency: Adjacency | None = 
     return acc.get_epsilon(delta)
 
 
-def privacy_plan(cfg: RunConfig, *, sizes: np.ndarray, dim: int, min_survivors: int, max_clients: int) -> PrivacyPlan:
-    """The plan of ``cfg.dp.mode`` for a run over clients with ``sizes`` examples and ``dim`` parameters."""
+def poisson_cohort_cap(population: int, rate: float) -> int:
+    """The most clients a Poisson-sampled round may hold: mean + 7 standard deviations of
+    Binomial(population, rate), exceeded with probability about 1e-12 (a larger round aborts)."""
+    mean = population * rate
+    return min(population, math.ceil(mean + 7.0 * math.sqrt(mean * (1.0 - rate))) + 1)
+
+
+def privacy_plan(cfg: RunConfig, *, sizes: np.ndarray, dim: int, min_survivors: int, max_clients: int,
+                 cohort_cap: int | None = None) -> PrivacyPlan:
+    """The plan of ``cfg.dp.mode`` for a run over clients with ``sizes`` examples and ``dim`` parameters;
+    ``cohort_cap``: the most clients a round may hold (default ``max_clients``)."""
     if cfg.dp.mode is DPMode.CLIENT:
-        return ClientLevelDP(cfg, dim=dim, min_survivors=min_survivors, max_clients=max_clients)
+        return ClientLevelDP(cfg, dim=dim, min_survivors=min_survivors, max_clients=max_clients,
+                             cohort_cap=cohort_cap)
     if cfg.dp.mode is DPMode.SAMPLE:
         return SampleLevelDP(cfg, sizes=sizes, num_clients=len(sizes))
     return NoPrivacy(cfg)

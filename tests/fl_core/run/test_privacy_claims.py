@@ -247,3 +247,21 @@ def test_a_client_over_budget_at_the_charged_rate_is_refused_before_its_release(
     rec = json.loads((tmp_path / "privacy.json").read_text())
     assert rec["epsilon"] <= budget
     assert rec["epsilon"] == pytest.approx(_one_visit_eps(1 / (batches - 1), batches, z, delta), rel=1e-9)
+
+
+def test_poisson_sampling_counts_colluders_among_a_round_not_the_population():
+    """With Poisson sampling the colluders are secagg's corrupt fraction of the most clients a
+    round may hold (mean + 7 sd; a larger round aborts), not of the whole population: 0.05 of
+    10,000 clients would exceed min_survivors = 180 and leave no honest share."""
+    from scipy import stats
+
+    from fl_core.run.privacy import poisson_cohort_cap
+
+    cap = poisson_cohort_cap(10_000, 0.03)
+    assert 300 < cap < 10_000 and stats.binom.sf(cap, 10_000, 0.03) < 1e-9
+    cfg = cfg_of(clients_per_round=None, sampling_rate=0.5, dp={"mode": "client", "noise_multiplier": 1.0})
+    cap = poisson_cohort_cap(20, 0.5)
+    plan = privacy_plan(cfg, sizes=np.full(20, 50), dim=100, min_survivors=6, max_clients=20, cohort_cap=cap)
+    assert plan.cohort_cap == cap and plan.colluders == math.ceil(cfg.secagg.corrupt * cap)
+    assert plan.ddg.config.honest_survivors == 6 - plan.colluders
+    assert f"at most {cap} clients of a round" in plan.describe([])["mechanisms"][0]["trust"]
