@@ -800,6 +800,10 @@ def _deflate(obj) -> dict:
             "objects": {oid: o.deflate().hex() for oid, o in get_all_nested_objects(obj).items()}}
 
 
+class _BothCaptured(Exception):
+    """Raised by the capturing grid once it holds a keys and a shares message."""
+
+
 def test_a_protocol_step_in_a_fresh_process_loads_no_torch_nor_training_code(fl, tmp_path):
     """What flwr-clientapp does for each message on the Deployment Engine: a fresh interpreter
     imports the example's client_app module and handles one message (clientapp_probe.py). A
@@ -820,13 +824,16 @@ def test_a_protocol_step_in_a_fresh_process_loads_no_torch_nor_training_code(fl,
                 op = None if rec is None else rec.get("op")
                 if op in ("step", "input") and op not in captured:
                     captured[op] = (m, self.states[m.metadata.dst_node_id], m.metadata.dst_node_id)
+            if len(captured) == 2:  # both kept: the probes below handle them; no need to train here
+                raise _BothCaptured
             return super().push_messages(messages)
     nodes = {100 + i: {"partition-id": i, "num-partitions": 3} for i in range(3)}
     grid = Capture(client_app.app, nodes, run_config=rc)
     from digits_app.task import build_model  # noqa: E402 (on sys.path while the example modules load)
-    FedAvg(fraction_evaluate=0.0, min_available_nodes=3).start(
-        grid=quiet(flower, grid, settings=flower.SecureSettings.from_run_config(rc)),
-        initial_arrays=ArrayRecord(build_model(rc).state_dict()), num_rounds=1)
+    with pytest.raises(_BothCaptured):
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=3).start(
+            grid=quiet(flower, grid, settings=flower.SecureSettings.from_run_config(rc)),
+            initial_arrays=ArrayRecord(build_model(rc).state_dict()), num_rounds=1)
     probe = Path(__file__).with_name("clientapp_probe.py")
     out = {}
     for op, (msg, state, nid) in captured.items():
