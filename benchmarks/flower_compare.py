@@ -82,13 +82,16 @@ def ours_inprocess(n, d, dropped, k, t, *, dp: bool, repeats: int, serialize: bo
         return Message(RecordDict({"arrays": ArrayRecord([arr + delta[u]]),
                                    "metrics": MetricRecord({"num-examples": EXAMPLES})}), reply_to=msg)
 
-    settings = ours.SecureSettings(timeout=1.0, bits=32, min_survivors=0.6,
+    # InProcessGrid delivers in push_messages, so when the pulls start every live reply is there and
+    # only the silent nodes' are missing: a short timeout ends the step then (Flower's workflow on the
+    # same grid gets its replies from one pull and never waits for the silent ones either)
+    settings = ours.SecureSettings(timeout=0.01, poll_interval=0.01, bits=32, min_survivors=0.6,
                                    graph=GraphKind.SPARSE if k < n - 1 else GraphKind.COMPLETE,
                                    k=k, threshold=(t - 0.5) / k, epsilon=8.0 if dp else None, l2_clip=10.0,
                                    example_cap=EXAMPLES)
     start = ArrayRecord([np.zeros(d, dtype=np.float32)])
     nodes = {100 + i: {"partition-id": i} for i in range(n)}
-    silent = {3: {100 + u for u in dropped}}  # calls: 0 hello, 1 setup, 2 keys, 3 shares (masked input)
+    silent = {2: {100 + u for u in dropped}}  # calls: 0 setup, 1 keys, 2 shares (masked input); no hello (semi-honest)
     times = []
     for _ in range(repeats):
         grid = InProcessGrid(app, nodes, silent_from=silent, serialize=serialize)
@@ -105,7 +108,7 @@ def ours_inprocess(n, d, dropped, k, t, *, dp: bool, repeats: int, serialize: bo
     return {"system": "ours", "k": rec.k, "t": rec.threshold, "input": "ddg epsilon=8" if dp else "fixed point",
             "survivors": len(survivors), **summarize(times), **per_client_bytes(grid, survivors),
             "max_abs_error": float(np.max(np.abs(got - want))) if not dp else None,
-            "note": "time of the round (setup, keys, shares, unmask), the hello excluded"}
+            "note": "time of the round (setup, keys, shares, unmask); semi-honest, so no hello"}
 
 
 def ours_bare(n, d, dropped, k, t, *, repeats: int) -> dict:
@@ -187,11 +190,13 @@ def _traffic_per_node(run, n: int) -> int | None:
     return None if not t else int(t["total-bytes"] / n)
 
 
-def engine(n: int, dims: list[int], timeout: float) -> dict:
+def engine(n: int, dims: list[int], timeout: float, flower_fast_poll: bool = True) -> dict:
     """Both apps on one local deployment (n SuperNodes), each d once: examples/flower/fixed_update
     (ours: FedAvg on SecureGrid, secagg_mod) and examples/flower/baseline (Flower's
     SecAggPlusWorkflow + secaggplus_mod), same n, complete graph (num_shares = n), same
-    threshold, same fixed update, no dropout."""
+    threshold, same fixed update, no dropout. Ours pulls replies every secagg-poll-interval (0.1 s);
+    Flower's grid every 3 s; with ``flower_fast_poll`` Flower's workflow runs once more on a grid
+    that pulls every 0.1 s, to show how much of the difference that is."""
     from fl_core.tools.deployment import LocalDeployment
 
     t = n - 1  # ours: k = n - 1 neighbours, t of them; Flower: num_shares = n (itself included), threshold t
@@ -206,6 +211,7 @@ def engine(n: int, dims: list[int], timeout: float) -> dict:
             r = out.get("rounds", [{}])[0]
             rows.append({"system": "ours (SecureGrid + secagg_mod)", "d": d, "status": run.status,
                          "round_seconds": None if "seconds" not in r else r["seconds"] - r["hello_seconds"],
+                         "round_with_hello_seconds": r.get("seconds"), "poll_interval_s": 0.1,
                          "hello_seconds": r.get("hello_seconds"), "step_round_trip_seconds": r.get("step_seconds"),
                          "k": r.get("k"), "t": r.get("threshold"), "survivors": len(r.get("survivors", [])),
                          "max_abs_error": out.get("max_abs_error"),
@@ -214,17 +220,21 @@ def engine(n: int, dims: list[int], timeout: float) -> dict:
                          "run_network_traffic": (run.info or {}).get("network-traffic"),
                          "flwr_run_seconds": run.seconds})
             print(json.dumps(rows[-1]), flush=True)
-            flower_file = Path(td) / f"flower-{d}.json"
-            run = dep.run(ROOT / "examples" / "flower" / "baseline",
-                          {"dim": d, "num-shares": n, "threshold": t, "min-nodes": n, "timeout": timeout,
-                           "out": str(flower_file)}, timeout=900)
-            f = json.loads(flower_file.read_text()) if flower_file.exists() else {}
-            rows.append({"system": "flower (SecAggPlusWorkflow + secaggplus_mod)", "d": d, "status": run.status,
-                         "round_seconds": f.get("round_seconds"), "num_shares": n, "reconstruction_threshold": t,
-                         "bytes_per_node": _traffic_per_node(run, n),
-                         "run_network_traffic": (run.info or {}).get("network-traffic"),
-                         "flwr_run_seconds": run.seconds})
-            print(json.dumps(rows[-1]), flush=True)
+            for poll, system in ((3.0, "flower (SecAggPlusWorkflow + secaggplus_mod)"),
+                                 (0.1, "flower, its grid pulling every 0.1 s (not Flower's behaviour)")):
+                if poll < 3.0 and not flower_fast_poll:
+                    continue
+                flower_file = Path(td) / f"flower-{d}-{poll}.json"
+                run = dep.run(ROOT / "examples" / "flower" / "baseline",
+                              {"dim": d, "num-shares": n, "threshold": t, "min-nodes": n, "timeout": timeout,
+                               "poll-interval": poll, "out": str(flower_file)}, timeout=900)
+                f = json.loads(flower_file.read_text()) if flower_file.exists() else {}
+                rows.append({"system": system, "d": d, "status": run.status, "poll_interval_s": poll,
+                             "round_seconds": f.get("round_seconds"), "num_shares": n, "reconstruction_threshold": t,
+                             "bytes_per_node": _traffic_per_node(run, n),
+                             "run_network_traffic": (run.info or {}).get("network-traffic"),
+                             "flwr_run_seconds": run.seconds})
+                print(json.dumps(rows[-1]), flush=True)
     return {"n": n, "dropout": 0, "rows": rows, "leftover_processes": dep.leftovers}
 
 
@@ -294,6 +304,8 @@ def main(argv=None) -> None:
     ap.add_argument("--engine-nodes", type=int, default=4)
     ap.add_argument("--engine-d", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--engine-timeout", type=float, default=300.0)
+    ap.add_argument("--engine-no-flower-fast-poll", action="store_true",
+                    help="skip the extra row of Flower's workflow on a grid pulling every 0.1 s")
     ap.add_argument("--engine-digits", action="store_true", help="also run the digits example app on the engine")
     ap.add_argument("--skip-inprocess", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "flower_compare.json")
@@ -310,7 +322,8 @@ def main(argv=None) -> None:
                                for d, r in zip(args.d, repeats)]
         report["machine"]["load_avg_after_inprocess"] = os.getloadavg()
     if args.engine:
-        report["engine"] = engine(args.engine_nodes, args.engine_d, args.engine_timeout)
+        report["engine"] = engine(args.engine_nodes, args.engine_d, args.engine_timeout,
+                                  flower_fast_poll=not args.engine_no_flower_fast_poll)
     if args.engine_digits:
         report["engine_digits"] = engine_digits(args.engine_nodes, 2, 8.0, args.engine_timeout)
         print(json.dumps(report["engine_digits"]), flush=True)

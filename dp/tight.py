@@ -19,10 +19,14 @@ of them and RDP, and says which produced the answer):
   ``AccountantLimitError``.
 
 Inputs are (noise_multiplier, sampling_rate, count) triples: sampling rate 1 means unsampled.
+PLD and PRV answers are remembered per (history, delta, grid limit): a run's report asks for the
+same history several times (clients with equal data and visits, the audit after the run), and
+each answer takes up to seconds.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -95,9 +99,17 @@ def _composed_points(pld, count: int) -> int:
     return total
 
 
+def _history_key(history: Sequence[Triple]) -> tuple[Triple, ...]:
+    return tuple((float(z), float(q), int(c)) for z, q, c in history)
+
+
 def pld_epsilon(history: Sequence[Triple], delta: float) -> tuple[float, float]:
     """(epsilon, grid interval used) from dp_accounting's PLD, bounded by ``MAX_GRID_POINTS``."""
-    delta = check_delta(delta)
+    return _pld_epsilon(_history_key(history), check_delta(delta), MAX_GRID_POINTS)
+
+
+@functools.lru_cache(maxsize=256)
+def _pld_epsilon(history: tuple[Triple, ...], delta: float, max_points: int) -> tuple[float, float]:
     _, pld_lib = _pld_lib()
     unsampled = [h for h in history if h[1] == 1.0]
     sampled = [h for h in history if h[1] != 1.0]
@@ -109,21 +121,21 @@ def pld_epsilon(history: Sequence[Triple], delta: float) -> tuple[float, float]:
         if interval > _PLD_COARSEST:
             raise AccountantLimitError(
                 f"PLD accountant: the history {list(history)!r} needs more than "
-                f"{MAX_GRID_POINTS} grid points even at a grid of {_PLD_COARSEST} in loss")
+                f"{max_points} grid points even at a grid of {_PLD_COARSEST} in loss")
         singles, points = [], 0
         for z, q, count in parts:
             # A single Gaussian's loss grid spans about 2 * 8.3 / z in loss (tails of 1e-16):
             # refuse to build one far larger than the limit before allocating it.
-            if 17.0 / z / interval > 4 * MAX_GRID_POINTS:
+            if 17.0 / z / interval > 4 * max_points:
                 points = math.inf
                 break
             single = pld_lib.from_gaussian_mechanism(
                 standard_deviation=z, sampling_prob=q, value_discretization_interval=interval)
             singles.append((single, count))
             points += _composed_points(single, count)
-        if points <= MAX_GRID_POINTS:
+        if points <= max_points:
             break
-        interval *= min(max(2.0, 1.1 * points / MAX_GRID_POINTS), 1e6)
+        interval *= min(max(2.0, 1.1 * points / max_points), 1e6)
     total = None
     for single, count in singles:
         composed = single.self_compose(count) if count > 1 else single
@@ -140,7 +152,12 @@ def prv_epsilon(history: Sequence[Triple], delta: float, *, reference_epsilon: f
 
     ``reference_epsilon`` (any upper bound, e.g. RDP's) sets the error we ask for: 1% of it.
     """
-    delta = check_delta(delta)
+    return _prv_epsilon(_history_key(history), check_delta(delta), float(reference_epsilon), MAX_GRID_POINTS)
+
+
+@functools.lru_cache(maxsize=256)
+def _prv_epsilon(history: tuple[Triple, ...], delta: float, reference_epsilon: float, max_points: int
+                 ) -> tuple[float, float]:
     from opacus.accountants import PRVAccountant  # noqa: PLC0415 - Opacus only on this path
     from opacus.accountants.analysis.prv import (  # noqa: PLC0415
         PoissonSubsampledGaussianPRV, compute_safe_domain_size)
@@ -157,13 +174,13 @@ def prv_epsilon(history: Sequence[Triple], delta: float, *, reference_epsilon: f
                                              delta_error=delta_error)
         spread = math.sqrt(steps * math.log(12 / delta_error) / 2)
         # Opacus' grid: mesh = eps_error / spread over a domain of this width (+ margin).
-        needed = width * spread / MAX_GRID_POINTS * 1.05
+        needed = width * spread / max_points * 1.05
         eps_error = max(eps_error, needed)
         limit = max(_PRV_MAX_ERROR, 0.01 * reference_epsilon)
         if eps_error > limit:
             raise AccountantLimitError(
                 f"PRV accountant: the history {list(history)!r} needs an error above "
-                f"{limit:.3g} in epsilon ({eps_error:.3g}) to fit {MAX_GRID_POINTS} "
+                f"{limit:.3g} in epsilon ({eps_error:.3g}) to fit {max_points} "
                 "grid points")
         acc = PRVAccountant()
         acc.history = [(z, q, c) for z, q, c in history]

@@ -36,7 +36,7 @@ _in_pool = threading.local()
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 #: Slices per worker: a few, so a worker delayed by another process does not hold up the rest.
-SLICES_PER_WORKER = 4
+SLICES_PER_WORKER = 2
 
 
 def _check(n, what: str) -> int:

@@ -46,7 +46,8 @@ from fl_core.secure.inputs import (InputKind, InputSpec, ddg_plan, decode_aggreg
 
 __all__ = ["ProtocolStage", "InputKind", "InputSpec", "RoundSetup", "StepResult", "Exchange", "ServerRoundStats",
            "encode_input", "decode_aggregate", "known_words", "check_setup", "client_begin", "client_step",
-           "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION", "ClientPolicy", "saved_setup"]
+           "run_server_round", "min_survivors_for", "ddg_plan", "SETUP_VERSION", "ClientPolicy", "saved_setup",
+           "saved_client_id"]
 
 SETUP_VERSION = 1
 _STATE_MAGIC = b"SAfs"  # client state: setup bytes + ClientParty.to_state()
@@ -196,6 +197,12 @@ def client_begin(setup: RoundSetup, *, client_id: int, policy: ClientPolicy, max
 def saved_setup(state: bytes) -> RoundSetup:
     """The round setup a client's saved state belongs to."""
     return RoundSetup.from_bytes(_unpack_state(state)[0])
+
+
+def saved_client_id(state: bytes, *, signing_key: SigningKey | None = None) -> int:
+    """The protocol id of the client a saved state belongs to (active mode: with its signing key)."""
+    setup_bytes, party_bytes = _unpack_state(state)
+    return ClientParty.from_state(RoundSetup.from_bytes(setup_bytes).config, party_bytes, signing_key=signing_key).id
 
 
 def client_step(state: bytes, message: bytes, *, signing_key: SigningKey | None = None,

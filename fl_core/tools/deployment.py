@@ -140,6 +140,7 @@ class LocalDeployment:
                 p.wait(5)
         for p in procs:  # a group may outlive its leader
             _signal_group(p, signal.SIGKILL)
+        _wait_groups_gone([p.pid for p in procs], timeout=10)  # killed members stay zombies until reaped
         self.leftovers = self._end_leftovers()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -225,6 +226,17 @@ def _toml(v) -> str:
     if isinstance(v, str):
         return json.dumps(v)
     return repr(v)
+
+
+def _wait_groups_gone(pgids: list[int], *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for pgid in pgids:
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.1)
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:

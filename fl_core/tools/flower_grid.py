@@ -15,6 +15,7 @@ that stop answering from the i-th ``send_and_receive`` call on (0-based).
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 
 from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
@@ -60,6 +61,7 @@ class InProcessGrid(Grid):
         self.sent_bytes: dict[int, int] = {nid: 0 for nid in self.node_configs}      # server -> node
         self.received_bytes: dict[int, int] = {nid: 0 for nid in self.node_configs}  # node -> server
         self.calls = 0
+        self._replies: dict[str, Message] = {}  # message id -> its reply, until pulled
         self.errors: list[str] = []
         self._run_id = run_id
         self.serialize = serialize
@@ -82,21 +84,20 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> list[int]:
         return sorted(self.node_configs)  # a silent node stays listed, as a killed one does for a while
 
-    def push_messages(self, messages):  # pragma: no cover - send_and_receive is the only path used
-        raise NotImplementedError("InProcessGrid delivers messages in send_and_receive")
-
-    def pull_messages(self, message_ids):  # pragma: no cover
-        raise NotImplementedError("InProcessGrid delivers messages in send_and_receive")
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Deliver each message now; its reply waits for ``pull_messages``. One push is one
+        exchange of ``silent_from``."""
         silent = set().union(*(ids for i, ids in self.silent_from.items() if i <= self.calls))
         self.calls += 1
-        replies = []
+        ids = []
         for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid.uuid4())  # as Flower's InMemoryGrid does
+            ids.append(msg.metadata.message_id)
             nid = msg.metadata.dst_node_id
             if nid not in self.node_configs:
                 continue
             delivered, size = transmit(msg) if self.serialize else (fresh_copy(msg), 0)
+            delivered.metadata.__dict__["_message_id"] = msg.metadata.message_id
             self.sent_bytes[nid] += size
             if nid in silent:
                 continue
@@ -110,6 +111,13 @@ class InProcessGrid(Grid):
             else:
                 self.states[nid] = ctx.state
             reply, size = transmit(reply) if self.serialize else (fresh_copy(reply), 0)
+            reply.metadata.__dict__["_reply_to_message_id"] = msg.metadata.message_id
             self.received_bytes[nid] += size
-            replies.append(reply)
-        return replies
+            self._replies[msg.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(mid) for mid in list(message_ids) if mid in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))

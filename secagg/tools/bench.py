@@ -21,6 +21,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -86,13 +87,17 @@ def cipher_rate(key_bytes: int, dim: int, streams: int, repeats: int = REPEATS) 
 
 
 def x25519_seconds(workers: int = 1, reps: int = 400) -> float:
-    """Best wall seconds per X25519 agreement with ``workers`` threads agreeing at once."""
-    pairs = [(kex.KeyPair.generate(), kex.KeyPair.generate()) for _ in range(workers)]
+    """Best wall seconds per X25519 agreement with ``workers`` threads agreeing at once, made as
+    the round makes it: the party's private key parsed once (as every client and the server do),
+    the peer's public key parsed from its 32 bytes each time. (Parsing the private key each time
+    as well costs as much again: the floor would be too high.)"""
+    pairs = [(kex.private_key(kex.KeyPair.generate().private), kex.KeyPair.generate().public)
+             for _ in range(workers)]
 
     def run(i: int) -> None:
-        a, b = pairs[i]
+        sk, pk = pairs[i]
         for _ in range(reps):
-            kex.agree(a.private, b.public)
+            kex.agree(sk, pk)
 
     best = float("inf")
     for _ in range(3):
@@ -191,10 +196,11 @@ def run(*, clients: int, dim: int, dropout: float, graph: str, k: int | None, th
                                       stages=(ProtocolStage.SHARES, ProtocolStage.MASKED_INPUT, ProtocolStage.UNMASK))
     streams = (cfg.k or n - 1) + 1
     rate_1, rate_1_median = mask_rate(dim, streams, bits, 1, repeats)
-    rate_n = mask_rate(dim, streams, bits, workers, repeats)[0] if workers > 1 else rate_1
+    rate_n = max(rate_1, mask_rate(dim, streams, bits, workers, repeats)[0]) if workers > 1 else rate_1
     aes256, aes128 = cipher_rate(32, dim, streams, repeats), cipher_rate(16, dim, streams, repeats)
     kex_1 = x25519_seconds(1)
-    kex_n = x25519_seconds(workers) if workers > 1 else kex_1
+    # X25519 in `cryptography` holds the GIL: threads may not help, so the all-core floor takes the faster
+    kex_n = min(kex_1, x25519_seconds(workers)) if workers > 1 else kex_1
     signatures = signature_cost(dim, bits, repeats=min(repeats, 5)) if mode_ is Mode.ACTIVE else None
     res = simulate(cfg, make_input, dropouts=schedule, transcript=Transcript.NONE, signing_keys=signing,
                    workers=workers)
@@ -308,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 bits=a.bits, corrupt=a.corrupt, seed=a.seed, mode=a.mode, workers=a.workers, repeats=a.repeats)
     except ConfigError as e:
         p.error(str(e))
+    r = {"command": "python -m secagg.bench " + " ".join(sys.argv[1:] if argv is None else argv), **r}
     print_table(r)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

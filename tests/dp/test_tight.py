@@ -104,8 +104,10 @@ def test_prv_refuses_a_grid_past_its_limit_and_the_accountant_falls_back() -> No
 
 
 def test_noise_calibration_with_pld_meets_the_target() -> None:
+    # rtol 1e-3 (default 1e-4): each step of the search is a PLD of 1000 steps; the half as many
+    # steps still land within 0.1% of the smallest z, far inside the gap to RDP's (~6%)
     z = calibrate_noise_multiplier(target_epsilon=2.0, delta=1e-5, sampling_rate=0.01,
-                                   steps=1000, accountant="pld")
+                                   steps=1000, accountant="pld", rtol=1e-3)
     assert spent("pld", 0.01, z, 1000).epsilon <= 2.0
     assert z < calibrate_noise_multiplier(target_epsilon=2.0, delta=1e-5, sampling_rate=0.01,
                                           steps=1000)

@@ -21,8 +21,11 @@ The mapping onto Flower (docs/flower.md):
 - a node's protocol state lives in ``Context.state["secagg-state"]`` (one bytes value), because on
   the Deployment Engine every message runs in a fresh ClientApp process.
 - a node whose reply misses the step's timeout, or comes back as an error, is a dropout.
-- protocol ids are the nodes' ``partition-id`` (node config), learnt in one hello round trip the
-  first time a node is sampled; in active mode each node proves its id with its signing key.
+- protocol ids: semi-honest, the server numbers the nodes and names each one's id in its setup
+  (no extra round trip); active mode, the nodes' ``partition-id``, learnt in one hello round trip
+  the first time a node is sampled, each node proving its id with its signing key.
+- each step pulls the replies every ``secagg-poll-interval`` s (0.1; Flower's own
+  ``Grid.send_and_receive`` pulls every 3 s on the Deployment Engine).
 - what a node requires of a round (its trust file of verify keys, its floors, its epsilon cap)
   comes from its own node config (secagg's ``ClientPolicy``, ``node_policy``), never from the server.
 

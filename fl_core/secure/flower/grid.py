@@ -26,6 +26,23 @@ from fl_core.secure.transport import RoundSetup, min_survivors_for, run_server_r
 _CLIENT_APP_RAISED_EXCEPTION = 2
 
 
+def send_and_receive_polling(grid: Grid, messages: list[Message], *, timeout: float, poll: float) -> list[Message]:
+    """``grid.send_and_receive`` that pulls every ``poll`` seconds (the Deployment Engine's grid
+    pulls every 3 s): push, then pull until every message has its reply or ``timeout`` passed."""
+    waiting = {mid for mid in grid.push_messages(messages) if mid}
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while waiting:
+        got = list(grid.pull_messages(waiting))
+        replies += got
+        waiting -= {m.metadata.reply_to_message_id for m in got}
+        left = deadline - time.monotonic()
+        if not waiting or left <= 0:
+            break
+        time.sleep(min(poll, left))
+    return replies
+
+
 class GridExchange:
     """``transport.Exchange`` over a Flower Grid: one train Message per node and exchange, replies
     collected until ``timeout``; a missing or error reply is a dropout. Replies are keyed by the
@@ -33,13 +50,15 @@ class GridExchange:
 
     def __init__(self, grid: Grid, node_of: Mapping[int, int], *, timeout: float, group_id: str,
                  message_type: str = "train", train_content: Mapping[int, RecordDict] | None = None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, poll: float = 0.1) -> None:
         self.grid, self.node_of, self.timeout, self.group_id = grid, dict(node_of), timeout, group_id
+        self.poll = poll
         self.client_of = {nid: u for u, nid in self.node_of.items()}
         self.message_type = message_type
         self.train_content = dict(train_content or {})  # node id -> the strategy's records for it
         self.log = log
         self.errors: dict[int, str] = {}
+        self.partitions: dict[int, int] = {}  # client -> the partition-id its setup reply reported
         self.step_rtt: dict[str, float] = {}  # stage key -> seconds of its send_and_receive
 
     def __call__(self, stage: ProtocolStage, outgoing: Mapping[int, bytes]) -> dict[int, bytes]:
@@ -50,13 +69,14 @@ class GridExchange:
                 base = self.train_content.get(nid)
                 content = RecordDict(dict(base.items()) if base is not None else {})
                 content[RECORD] = ConfigRecord({"op": "input", "data": data})
+            elif stage is ProtocolStage.KEYS:  # the setup names the node's protocol id
+                content = RecordDict({RECORD: ConfigRecord({"op": "setup", "data": data, "client-id": u})})
             else:
-                op = "setup" if stage is ProtocolStage.KEYS else "step"
-                content = RecordDict({RECORD: ConfigRecord({"op": op, "data": data})})
+                content = RecordDict({RECORD: ConfigRecord({"op": "step", "data": data})})
             msgs.append(Message(content, dst_node_id=nid, message_type=self.message_type,
                                 group_id=self.group_id, ttl=self.timeout))
         t0 = time.perf_counter()
-        replies = list(self.grid.send_and_receive(msgs, timeout=self.timeout))
+        replies = send_and_receive_polling(self.grid, msgs, timeout=self.timeout, poll=self.poll)
         self.step_rtt[stage.key] = time.perf_counter() - t0
         out = {}
         for rep in replies:
@@ -69,8 +89,11 @@ class GridExchange:
             if u is None or u not in outgoing:
                 continue
             try:
-                out[u] = bytes(rep.content.config_records[RECORD]["data"])
-            except (KeyError, TypeError):
+                rec = rep.content.config_records[RECORD]
+                out[u] = bytes(rec["data"])
+                if "partition-id" in rec:
+                    self.partitions[u] = int(rec["partition-id"])
+            except (KeyError, TypeError, ValueError):
                 self.errors[u] = f"{stage.key}: reply without our record"
         return out
 
@@ -87,7 +110,8 @@ class RoundRecord:
     threshold: int = 0
     min_survivors: int = 0
     seconds: float = 0.0
-    hello_seconds: float = 0.0
+    hello_seconds: float = 0.0           # active mode: the hello of nodes not seen before
+    partitions: dict[int, int] = field(default_factory=dict)  # client -> partition-id it reported (unchecked)
     step_seconds: dict[str, float] = field(default_factory=dict)
     upload_bytes_per_client: int = 0     # most any client sent in this round
     download_bytes_per_client: int = 0   # most any client was sent (the setup carries the model)
@@ -100,6 +124,7 @@ class RoundRecord:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "aggregate"}
         d["stage_survivors"] = {s: list(v) for s, v in self.stage_survivors.items()}
         d["dropouts"] = {str(u): why for u, why in self.dropouts.items()}
+        d["partitions"] = {str(u): p for u, p in self.partitions.items()}
         if self.aggregate is not None:
             d["aggregate"] = self.aggregate.tolist()
         return d
@@ -178,7 +203,8 @@ class SecureGrid(Grid):
                         message_type=message_type, group_id=f"secagg-{self._run_tag}-hello", ttl=s.timeout)
                 for nid in node_ids]
         answered = set()
-        for rep in sorted(self.grid.send_and_receive(msgs, timeout=s.timeout), key=lambda m: m.metadata.src_node_id):
+        replies = send_and_receive_polling(self.grid, msgs, timeout=s.timeout, poll=s.poll_interval)
+        for rep in sorted(replies, key=lambda m: m.metadata.src_node_id):
             nid = rep.metadata.src_node_id
             if rep.has_error() or nid not in node_ids:
                 continue
@@ -202,7 +228,10 @@ class SecureGrid(Grid):
         mtype = first.metadata.message_type
         by_node = {m.metadata.dst_node_id: m for m in train}
         new = [nid for nid in sorted(by_node) if nid not in self.nodes and nid not in self._refused]
-        if new:
+        if new and s.verify_keys is None:  # semi-honest: the server numbers the nodes, the setup says who is who
+            for nid in new:
+                self.nodes[nid] = max(self.nodes.values(), default=-1) + 1
+        elif new:  # active mode: a node's id is the one its signing key is registered under
             self._hello(new, mtype)
         hello_s = time.perf_counter() - t0
         node_of = {self.nodes[nid]: nid for nid in by_node if nid in self.nodes}
@@ -216,7 +245,7 @@ class SecureGrid(Grid):
             vec, layout = arrays_to_vector(base)
         try:
             if n < max(m, 2):
-                raise AbortedError(f"only {n} sampled nodes answered the hello, fewer than min_survivors={m}")
+                raise AbortedError(f"only {n} sampled nodes have a protocol id, fewer than min_survivors={m}")
             spec = s.input_spec(dim=0 if vec is None else vec.size, num_clients=n, min_survivors=m)
             event = None
             if spec.kind is InputKind.DDG:
@@ -268,13 +297,14 @@ class SecureGrid(Grid):
         setup = RoundSetup(cfg, r, os.urandom(32), spec)
         exchange = GridExchange(self.grid, node_of, timeout=s.timeout, group_id=f"secagg-{self._run_tag}-{r}",
                                 message_type=mtype, train_content={nid: msg.content for nid, msg in by_node.items()},
-                                log=self.log)
+                                log=self.log, poll=s.poll_interval)
         hook = None if self.on_step is None else (lambda stage, ids: self.on_step(r, stage, ids))
         try:
             result, stats = run_server_round(setup, exchange, on_step=hook)
         finally:
             rec.dropouts = dict(exchange.errors)
             rec.step_seconds = dict(exchange.step_rtt)
+            rec.partitions = dict(exchange.partitions)
         rec.dropouts.update({u: f"rejected: {why}" for u, why in stats.rejected.items()})
         rec.survivors, rec.stage_survivors = result.survivors, dict(result.stage_survivors)
         rec.upload_bytes_per_client = max(stats.upload_bytes.values(), default=0)

@@ -11,7 +11,7 @@ from secagg.errors import InputError, LocalProtocolError, RefusedRequestError
 from fl_core.secure.flower.messages import RECORD, STATE_RECORD, arrays_to_vector, model_record
 from fl_core.secure.flower.node import file_signing_key, node_max_epsilon, node_policy, partition_client_id
 from fl_core.secure.inputs import InputKind
-from fl_core.secure.transport import RoundSetup, client_begin, client_step, saved_setup
+from fl_core.secure.transport import RoundSetup, client_begin, client_step, saved_client_id, saved_setup
 
 
 def _reply(msg: Message, **values) -> Message:
@@ -39,11 +39,11 @@ def secagg_mod(msg: Message, context: Context, call_next) -> Message:
                               "verify-key": b"" if key is None else key.public})
     if op == "setup":
         setup = RoundSetup.from_bytes(bytes(rec["data"]))
-        u = partition_client_id(context)
+        u = _protocol_id(setup, rec, context)
         res = client_begin(setup, client_id=u, policy=node_policy(context), max_epsilon=node_max_epsilon(context),
                            signing_key=file_signing_key(context))
         context.state.config_records[STATE_RECORD] = ConfigRecord({"state": res.state})
-        return _reply(msg, data=res.reply)
+        return _reply(msg, data=res.reply, **{"partition-id": partition_client_id(context)})
     if op not in ("step", "input"):
         raise LocalProtocolError(f"unknown secagg op {op!r}")
     if STATE_RECORD not in context.state.config_records:
@@ -59,27 +59,41 @@ def secagg_mod(msg: Message, context: Context, call_next) -> Message:
     return _reply(msg, data=res.reply)
 
 
+def _protocol_id(setup: RoundSetup, rec, context: Context) -> int:
+    """Semi-honest rounds: the id the server gave this node in the setup (no hello round trip).
+    Active rounds: the node's own partition-id, the id its signing key is registered under in the
+    trust file (the server learnt it in the hello); a setup naming another id is refused."""
+    own = partition_client_id(context)
+    if setup.config.verify_keys is not None or "client-id" not in rec:
+        if "client-id" in rec and int(rec["client-id"]) != own:
+            raise RefusedRequestError(f"the setup names this node client {rec['client-id']}, its id is {own}")
+        return own
+    return int(rec["client-id"])
+
+
 def _train_and_encode(msg: Message, context: Context, call_next, setup: RoundSetup):
     """The shares step carries the strategy's records: run the user's train handler on them and
     encode ``trained - received``; the reply and its metrics stay here. (Training at this step, as
     Flower's secaggplus_mod does, keeps the input out of the state saved between messages.)"""
-    u = partition_client_id(context)
-    update = examples = None
-    if setup.input.kind is not InputKind.WORDS:
-        key, sent = model_record(msg.content)
-        start, layout = arrays_to_vector(sent)
-        result = call_next(msg, context)
-        if result.has_error():
-            return result
-        _, trained = model_record(result.content, key)
-        trained_vec, got = arrays_to_vector(trained)
-        if got != layout:
-            raise InputError("the train handler returned arrays of another layout than it was sent")
-        update = trained_vec - start
-        for m in result.content.metric_records.values():
-            if "num-examples" in m:
-                examples = int(m["num-examples"])
-        del result, trained  # the trained model and its metrics stay on this node
+    u = saved_client_id(context.state.config_records[STATE_RECORD]["state"], signing_key=file_signing_key(context))
+    if setup.input.kind is InputKind.WORDS:  # test words: the train handler does not run
+        return setup.input.encoder().encode(None, client_id=u, round_number=setup.round_number,
+                                            round_seed=setup.round_seed)
+    key, sent = model_record(msg.content)
+    start, layout = arrays_to_vector(sent)
+    result = call_next(msg, context)
+    if result.has_error():
+        return result
+    _, trained = model_record(result.content, key)
+    trained_vec, got = arrays_to_vector(trained)
+    if got != layout:
+        raise InputError("the train handler returned arrays of another layout than it was sent")
+    update = trained_vec - start
+    examples = None
+    for m in result.content.metric_records.values():
+        if "num-examples" in m:
+            examples = int(m["num-examples"])
+    del result, trained  # the trained model and its metrics stay on this node
     return setup.input.encoder().encode(update, client_id=u, round_number=setup.round_number,
                                         round_seed=setup.round_seed, num_examples=examples)
 

@@ -30,6 +30,8 @@ RUN_CONFIG_KEYS = {
     "secagg-l2-clip": ("l2_clip", "L2 bound on one node's update (both encodings)"),
     "secagg-example-cap": ("example_cap", "without DP: public bound on a node's example count (its weight)"),
     "secagg-verify-keys": ("verify_keys", '"id:hex,...": the nodes\' Ed25519 keys; turns on the active mode'),
+    "secagg-poll-interval": ("poll_interval", "seconds between the server's pulls for replies within a step "
+                                              "(Flower's own Grid.send_and_receive pulls every 3 s)"),
     "secagg-test-dim": ("test_dim", "test only: > 0 sends known words of this length instead of training"),
     "secagg-test-seed": ("test_seed", "test only: the seed of those words"),
     "dp-epsilon": ("epsilon", "client-level epsilon over dp-rounds rounds (distributed discrete Gaussian); "
@@ -64,13 +66,14 @@ class SecureSettings:
     verify_keys: Mapping[int, bytes] | None = None
     test_dim: int = 0
     test_seed: int = 0
+    poll_interval: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("bits", "example_cap", "dp_rounds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise _bad(name, v, "must be a positive int")
-        for name in ("timeout", "l2_clip", "delta"):
+        for name in ("timeout", "l2_clip", "delta", "poll_interval"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise _bad(name, v, "must be a positive number")
@@ -117,7 +120,7 @@ class SecureSettings:
             elif name == "verify_keys":
                 v = _parse_verify_keys(key, v) if v else None
             elif name in ("min_survivors", "threshold", "expected_dropout", "epsilon", "delta", "l2_clip",
-                          "timeout") and isinstance(v, int) and not isinstance(v, bool):
+                          "timeout", "poll_interval") and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)
             kw[name] = v
         return cls(**kw)

@@ -663,3 +663,26 @@ def test_run_with_the_cohort_backend_trains_with_the_probes_pick(tmp_path, monke
     run(config_from_dict(d), tmp_path, progress=False, log=lambda m: None)
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert picked and [r["backend"] for r in rows] == picked[:1]
+
+
+@pytest.mark.parametrize("cohort_loses", [True, False])
+def test_probe_picks_opacus_for_the_cnn_whenever_the_cohort_loses(monkeypatch, cohort_loses):
+    """The CNN on a CPU can lose batched (benchmarks/results/cohort_cpu_cnn28_k64_b32.json): the
+    probe must then pick Opacus, so the cohort path is never slower; the probe's own rates decide."""
+    import time
+    from fl_core.learn import probe as pr
+
+    model = build_model("cnn28", hidden=8, seed=0)
+    data = (torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,)))
+    slow_name = "train_cohort" if cohort_loses else "local_train"
+    real = getattr(pr, slow_name)
+
+    def slow(*a, **k):  # one cohort call trains 16 clients, one local_train call one client
+        time.sleep(0.8 if cohort_loses else 0.3)
+        return real(*a, **k)
+
+    monkeypatch.setattr(pr, slow_name, slow)
+    p = pr.pick_backend(model, data, clients=64, batch_size=4, dp=DP, refresh=True)
+    faster = Backend.OPACUS if p.opacus_samples_per_s > p.cohort_samples_per_s else Backend.COHORT
+    assert p.backend is faster is (Backend.OPACUS if cohort_loses else Backend.COHORT)
+    assert p.clients_timed == pr.PROBE_CLIENTS

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fl_core.cli import main as cli_main
 from fl_core.run.checkpoint import load_checkpoint
 from fl_core.config import load_config
 from fl_core.errors import CheckpointError
@@ -62,13 +63,13 @@ def _kill_then_resume(cfg_path: Path, out: Path, *, after_rounds: int, extra_del
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
+    # The resume runs the same CLI in this process (the killed one left only its files behind):
+    # one fresh interpreter per trial, not two, each paying torch's import.
     if (out / "config.resolved.toml").exists():
-        res = subprocess.run(_cli("--resume", str(out)), capture_output=True, text=True, timeout=300)
+        assert cli_main(["run", "--resume", str(out), "--no-progress"]) == 0
     else:  # killed before the run started: nothing was released, so a fresh start is the resume
         assert not (out / "privacy_ledger.jsonl").exists()
-        res = subprocess.run(_cli("--config", str(cfg_path), "--out", str(out)), capture_output=True,
-                             text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+        assert cli_main(["run", "--config", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
 
 
 @pytest.fixture(scope="module")

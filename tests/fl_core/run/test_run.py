@@ -21,6 +21,7 @@ def cfg_of(**over):
     return config_with(FAST, **over)
 
 
+@pytest.mark.plots  # checks plots.png among the files of a run
 def test_nonprivate_secure_run_reaches_90_percent(tmp_path):
     cfg = cfg_of(rounds=6, dp={"mode": "none"}, server={"optimizer": "fedavg", "lr": 1.0}, model={"hidden": 64},
                  local={"epochs": 3, "lr": 0.2, "momentum": 0.9},

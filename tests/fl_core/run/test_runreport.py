@@ -14,6 +14,8 @@ from fl_core.run import rundir
 from fl_core.run.loop import run
 from fl_core.run.runreport import load_report
 
+pytestmark = pytest.mark.plots  # this module's runs draw plots.png (tests/conftest.py)
+
 BASE = {"rounds": 3, "clients_per_round": 5, "secure_randomness": False, "seed": 0,
         "data": {"num_clients": 10}, "model": {"hidden": 8},
         "local": {"epochs": 1, "lr": 0.1, "batch_size": 16, "momentum": 0.0}, "secagg": {"min_survivors": 0.6}}

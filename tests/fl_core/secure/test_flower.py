@@ -472,8 +472,8 @@ def test_mod_on_a_plain_client_app_sums_exactly_with_a_dropout(fl):
     from flwr.serverapp.strategy import FedAvg
     flower, fg = fl
     nodes = {7000 + i: {"partition-id": i} for i in range(6)}
-    # calls: 0 hello, 1 setup, 2 keys, 3 shares (node 7004 silent: it never sends its masked input)
-    grid = fg.InProcessGrid(words_app(flower), nodes, silent_from={3: {7004}})
+    # calls: 0 setup, 1 keys, 2 shares (node 7004 silent: it never sends its masked input); no hello
+    grid = fg.InProcessGrid(words_app(flower), nodes, silent_from={2: {7004}})
     s = flower.SecureSettings(test_dim=64, bits=28, min_survivors=0.5, timeout=1.0, test_seed=9,
                               graph=GraphKind.SPARSE, k=4)
     sg = quiet(flower, grid, settings=s)
@@ -483,6 +483,46 @@ def test_mod_on_a_plain_client_app_sums_exactly_with_a_dropout(fl):
     words = {u: np.random.default_rng([9, u, 1]).integers(0, 1 << 28, 64, dtype=np.uint64) for u in range(6)}
     assert np.array_equal(r.aggregate, plaintext_sum(words, r.survivors, 28))
     assert sg.nodes == {7000 + i: i for i in range(6)} and grid.errors == []
+    assert grid.calls == 4  # setup, keys, shares, unmask: a semi-honest round has no hello round trip
+
+
+def test_replies_are_pulled_every_poll_interval_until_all_came_or_the_timeout(fl):
+    """The Deployment Engine's grid pulls every 3 s; ours every poll interval: a reply ready at
+    0.3 s is seen by ~0.35 s, and a node that never answers ends the wait at the timeout."""
+    from flwr.app import Message, RecordDict
+    from fl_core.secure.flower.grid import send_and_receive_polling
+    flower, fg = fl
+    fg.InProcessGrid(words_app(flower), {})  # sets Flower's task identity, which Message() needs
+
+    class SlowGrid:  # replies to node 1 become ready `ready` s after the push; node 2 never answers
+        def __init__(self, ready):
+            self.ready, self.pulls = ready, 0
+
+        def push_messages(self, msgs):
+            self.t0, self.msgs = time.monotonic(), {f"m{i}": m for i, m in enumerate(msgs)}
+            return list(self.msgs)
+
+        def pull_messages(self, ids):
+            self.pulls += 1
+            if time.monotonic() - self.t0 < self.ready:
+                return []
+            out = []
+            for mid in ids:
+                if self.msgs[mid].metadata.dst_node_id == 1:
+                    rep = Message(RecordDict(), reply_to=self.msgs[mid])
+                    rep.metadata.__dict__["_reply_to_message_id"] = mid
+                    out.append(rep)
+            return out
+
+    msg = lambda nid: Message(RecordDict(), dst_node_id=nid, message_type="train", group_id="g")  # noqa: E731
+    g = SlowGrid(0.3)
+    t0 = time.monotonic()
+    (rep,) = send_and_receive_polling(g, [msg(1)], timeout=5.0, poll=0.05)
+    assert rep.metadata.reply_to_message_id == "m0" and 0.3 <= time.monotonic() - t0 < 0.5 and g.pulls >= 5
+    g = SlowGrid(0.0)
+    t0 = time.monotonic()
+    replies = send_and_receive_polling(g, [msg(1), msg(2)], timeout=0.4, poll=0.05)
+    assert len(replies) == 1 and 0.4 <= time.monotonic() - t0 < 0.6
 
 
 def test_client_state_lives_only_in_the_context(fl):
@@ -593,14 +633,15 @@ def test_strategy_sampling_fedprox_config_and_federated_evaluation_are_honoured(
                   proximal_mu=0.3).start(grid=sg, initial_arrays=_arrays(d), num_rounds=3)
     assert [len(r.sampled) for r in sg.rounds] == [4, 4, 4]
     for r, rec in enumerate(sg.rounds, start=1):
-        trained = sorted(nid - 100 for nid, kind, cfg in seen if kind == "train" and cfg["server-round"] == r)
-        assert trained == list(rec.sampled) == list(rec.survivors)
+        trained = [nid for nid, kind, cfg in seen if kind == "train" and cfg["server-round"] == r]
+        assert sorted(sg.nodes[nid] for nid in trained) == list(rec.sampled) == list(rec.survivors)
+        assert sorted(rec.partitions.values()) == sorted(nid - 100 for nid in trained)  # what the nodes reported
     assert all(cfg["proximal-mu"] == 0.3 for _, kind, cfg in seen if kind == "train")
     evals = [(nid, v) for nid, kind, v in seen if kind == "evaluate"]
     assert len(evals) == 3 * n and set(res.evaluate_metrics_clientapp) == {1, 2, 3}
     final = float(res.arrays.to_numpy_ndarrays()[0].sum())
     assert evals[-1][1] == pytest.approx(final, rel=1e-5)
-    assert len(sg.nodes) >= 4  # hellos only for nodes the strategy sampled
+    assert 4 <= len(sg.nodes) == len(set(sg.nodes.values()))  # distinct ids, only for nodes the strategy sampled
 
 
 def test_ddg_over_flower_spends_the_budget_and_stops_when_it_is_spent(fl):
@@ -665,6 +706,7 @@ def test_active_mode_with_node_held_keys_and_trust_files(fl, tmp_path):
     FedAvg(fraction_evaluate=0.0, min_available_nodes=5).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
     (r,) = sg.rounds
     assert sg.nodes == {50: 0, 51: 1, 52: 2, 53: 3}
+    assert grid.calls == 6  # active mode: the hello binds node ids to keys, then 5 protocol steps
     assert "collect-signatures" in r.stage_survivors and r.survivors == (0, 1, 2, 3)
     words = {u: known_words(0, u, 1, 16, 20) for u in range(4)}
     assert np.array_equal(r.aggregate, plaintext_sum(words, r.survivors, 20))
@@ -731,8 +773,8 @@ def test_a_server_that_swaps_in_its_own_verify_keys_gets_refusals_and_no_shares(
         nodes[30 + u] = {"partition-id": u, "secagg-signing-key-file": str(tmp_path / f"k{u}"), "secagg-trust-file": trust}
     grid = fg.InProcessGrid(words_app(flower), nodes)
     replies = []
-    send = grid.send_and_receive
-    grid.send_and_receive = lambda msgs, **kw: [replies.append(r) or r for r in send(msgs, **kw)]
+    pull = grid.pull_messages
+    grid.pull_messages = lambda ids: [replies.append(r) or r for r in pull(ids)]
     honest = flower.SecureSettings(test_dim=4, bits=20, timeout=1.0, graph=GraphKind.COMPLETE, min_survivors=0.5,
                                    verify_keys={u: k.public for u, k in keys.items()})
     sg = quiet(flower, grid, settings=honest)
@@ -758,6 +800,10 @@ def _deflate(obj) -> dict:
             "objects": {oid: o.deflate().hex() for oid, o in get_all_nested_objects(obj).items()}}
 
 
+class _BothCaptured(Exception):
+    """Raised by the capturing grid once it holds a keys and a shares message."""
+
+
 def test_a_protocol_step_in_a_fresh_process_loads_no_torch_nor_training_code(fl, tmp_path):
     """What flwr-clientapp does for each message on the Deployment Engine: a fresh interpreter
     imports the example's client_app module and handles one message (clientapp_probe.py). A
@@ -771,20 +817,23 @@ def test_a_protocol_step_in_a_fresh_process_loads_no_torch_nor_training_code(fl,
     captured = {}
 
     class Capture(fg.InProcessGrid):  # keep the first keys and shares messages, with the node's state before each
-        def send_and_receive(self, messages, *, timeout=None):
+        def push_messages(self, messages):
             messages = list(messages)
             for m in messages:
                 rec = m.content.config_records.get(flower.RECORD)
                 op = None if rec is None else rec.get("op")
                 if op in ("step", "input") and op not in captured:
                     captured[op] = (m, self.states[m.metadata.dst_node_id], m.metadata.dst_node_id)
-            return super().send_and_receive(messages, timeout=timeout)
+            if len(captured) == 2:  # both kept: the probes below handle them; no need to train here
+                raise _BothCaptured
+            return super().push_messages(messages)
     nodes = {100 + i: {"partition-id": i, "num-partitions": 3} for i in range(3)}
     grid = Capture(client_app.app, nodes, run_config=rc)
     from digits_app.task import build_model  # noqa: E402 (on sys.path while the example modules load)
-    FedAvg(fraction_evaluate=0.0, min_available_nodes=3).start(
-        grid=quiet(flower, grid, settings=flower.SecureSettings.from_run_config(rc)),
-        initial_arrays=ArrayRecord(build_model(rc).state_dict()), num_rounds=1)
+    with pytest.raises(_BothCaptured):
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=3).start(
+            grid=quiet(flower, grid, settings=flower.SecureSettings.from_run_config(rc)),
+            initial_arrays=ArrayRecord(build_model(rc).state_dict()), num_rounds=1)
     probe = Path(__file__).with_name("clientapp_probe.py")
     out = {}
     for op, (msg, state, nid) in captured.items():
@@ -834,9 +883,9 @@ def test_example_app_trains_digits_without_dp_in_process(fl, tmp_path):
     out = tmp_path / "res.json"
     rc = _example_config(**{"num-server-rounds": 3, "min-nodes": 4, "dp-epsilon": 0.0, "result-file": str(out),
                             "local-epochs": 2, "lr": 0.2, "secagg-l2-clip": 10.0, "fraction-evaluate": 1.0})
-    # calls per round: evaluate 1 + 4 protocol steps (+ the hello in round 1): node 102 is gone
-    # from round 2's shares step on (calls 0 hello, 1-4 round 1, 5 evaluate, 6 setup, 7 keys, 8 shares)
-    grid = _run_example_in_process(fg, rc, 4, silent_from={8: {102}})
+    # calls per round: 4 protocol steps + evaluate (semi-honest: no hello): node 102 is gone
+    # from round 2's shares step on (calls 0-3 round 1, 4 evaluate, 5 setup, 6 keys, 7 shares)
+    grid = _run_example_in_process(fg, rc, 4, silent_from={7: {102}})
     d = json.loads(out.read_text())
     assert grid.errors == []
     accs = [d["server_eval"][str(r)]["accuracy"] for r in (1, 2, 3)]
@@ -898,10 +947,13 @@ def test_engine_round_with_a_killed_supernode_sums_the_survivors_exactly(deploym
         (r,) = json.loads(result.read_text())["rounds"]
     assert dep.processes() == []
     assert r["aborted"] is None, r
+    # protocol ids are the server's numbering (semi-honest); the nodes reported their partition-id
+    partition = {int(u): p for u, p in r["partitions"].items()}
+    assert sorted(partition.values()) == [0, 1, 2, 3]
     assert r["stage_survivors"]["collect-shares"] == [0, 1, 2, 3]  # node 3 shared its keys, then died
-    assert r["survivors"] == [0, 1, 2]
+    assert len(r["survivors"]) == 3 and sorted(partition[u] for u in r["survivors"]) == [0, 1, 2]
     words = {u: known_words(4, u, 1, 100, 32) for u in range(4)}
-    assert r["aggregate"] == plaintext_sum(words, [0, 1, 2], 32).tolist()
+    assert r["aggregate"] == plaintext_sum(words, r["survivors"], 32).tolist()
 
 
 @pytest.mark.flower
