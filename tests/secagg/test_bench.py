@@ -50,7 +50,8 @@ def test_bench_active_mode_reports_the_masked_input_signature_cost(tmp_path):
     r = json.loads(path.read_text())
     sig = r["masked_input_signature"]
     assert r["exact"] and sig["dim"] == 3000 and sig["masked_inputs"] == r["survivors"]
-    assert 0 < sig["hash_seconds"] <= sig["client_sign_seconds"] and sig["server_verify_seconds"] > 0
+    # hashing and signing are timed separately, so at this small d their order is noise
+    assert sig["hash_seconds"] > 0 and sig["client_sign_seconds"] > 0 and sig["server_verify_seconds"] > 0
     assert sig["round_server_seconds"] == pytest.approx(sig["masked_inputs"] * sig["server_verify_seconds"])
     assert 0 < sig["share_of_round"] < 1
     assert r["max_corrupt_neighbours"] == choose_k_t(12, dropout=0.1, corrupt=0.05, active=True).corrupt_neighbours

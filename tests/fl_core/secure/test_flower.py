@@ -882,7 +882,8 @@ def test_example_app_trains_digits_without_dp_in_process(fl, tmp_path):
     _, fg = fl
     out = tmp_path / "res.json"
     rc = _example_config(**{"num-server-rounds": 3, "min-nodes": 4, "dp-epsilon": 0.0, "result-file": str(out),
-                            "local-epochs": 2, "lr": 0.2, "secagg-l2-clip": 10.0, "fraction-evaluate": 1.0})
+                            "local-epochs": 2, "lr": 0.2, "secagg-l2-clip": 10.0, "fraction-evaluate": 1.0,
+                            "secagg-timeout": 1.0})  # the silent node costs one timeout per step
     # calls per round: 4 protocol steps + evaluate (semi-honest: no hello): node 102 is gone
     # from round 2's shares step on (calls 0-3 round 1, 4 evaluate, 5 setup, 6 keys, 7 shares)
     grid = _run_example_in_process(fg, rc, 4, silent_from={7: {102}})
