@@ -686,16 +686,22 @@ def _trust(tmp_path, keys, name="trust.json", override=None):
     path.write_text(json.dumps({str(u): (override or {}).get(u, k.public).hex() for u, k in keys.items()}))
     return str(path)
 
+def _keyed_nodes(tmp_path, keys, first_node_id):
+    """Node configs that each hold their own signing key file and the shared trust file."""
+    trust = _trust(tmp_path, keys)
+    nodes = {}
+    for u, k in keys.items():
+        (tmp_path / f"k{u}").write_text(k.private.hex())
+        nodes[first_node_id + u] = {"partition-id": u, "secagg-signing-key-file": str(tmp_path / f"k{u}"),
+                                    "secagg-trust-file": trust}
+    return trust, nodes
+
 
 def test_active_mode_with_node_held_keys_and_trust_files(fl, tmp_path):
     flower, fg = fl
     from flwr.serverapp.strategy import FedAvg
     keys = {u: SigningKey.generate() for u in range(4)}
-    trust = _trust(tmp_path, keys)
-    nodes = {}
-    for u, k in keys.items():
-        (tmp_path / f"k{u}").write_text(k.private.hex())
-        nodes[50 + u] = {"partition-id": u, "secagg-signing-key-file": str(tmp_path / f"k{u}"), "secagg-trust-file": trust}
+    trust, nodes = _keyed_nodes(tmp_path, keys, 50)
     nodes[60] = {"partition-id": 3}  # an impostor claiming client 3 without its key: left out
     vk = ",".join(f"{u}:{k.public.hex()}" for u, k in keys.items())
     grid = fg.InProcessGrid(words_app(flower), nodes, silent_from={4: {51}})  # 51 skips unmask
@@ -766,11 +772,7 @@ def test_a_server_that_swaps_in_its_own_verify_keys_gets_refusals_and_no_shares(
     from flwr.serverapp.strategy import FedAvg
     flower, fg = fl
     keys = {u: SigningKey.generate() for u in range(4)}
-    trust = _trust(tmp_path, keys)
-    nodes = {}
-    for u, k in keys.items():
-        (tmp_path / f"k{u}").write_text(k.private.hex())
-        nodes[30 + u] = {"partition-id": u, "secagg-signing-key-file": str(tmp_path / f"k{u}"), "secagg-trust-file": trust}
+    trust, nodes = _keyed_nodes(tmp_path, keys, 30)
     grid = fg.InProcessGrid(words_app(flower), nodes)
     replies = []
     pull = grid.pull_messages
