@@ -25,6 +25,9 @@ __all__ = ["MAX_BITS", "clip_l2", "clip_coordinates", "word_dtype", "FixedPointE
 
 #: Largest modulus exponent: words fit a uint64 with headroom, and int64 holds count*offset.
 MAX_BITS = 62
+#: Coordinates rounded per step of ``FixedPointEncoding.encode``: 8192 float64 (64 KiB) buffers stay
+#: in cache and in the allocator's heap (fresh d-sized arrays each cost a page fault per 4 KiB).
+ENCODE_CHUNK = 1 << 13
 
 
 def _positive_finite(value: object, name: str) -> float:
@@ -52,30 +55,42 @@ def _norm(v: np.ndarray) -> float:
     return math.sqrt(float(np.einsum("i,i->", flat, flat)))
 
 
-def clip_l2(x: np.ndarray, max_norm: float) -> np.ndarray:
-    """A float64 copy of ``x`` scaled down, if needed, so its L2 norm is at most ``max_norm``.
+def _scaled_norm(v: np.ndarray, factor: float) -> float:
+    """``_norm(v * factor)`` of exactly those rounded products, a chunk at a time (no d-sized copy)."""
+    flat, total = v.ravel(), 0.0
+    buf = np.empty(min(ENCODE_CHUNK, flat.size))
+    for a in range(0, flat.size, buf.size):
+        part = np.multiply(flat[a:a + buf.size], factor, out=buf[:flat.size - a])
+        total += float(np.einsum("i,i->", part, part))
+    return math.sqrt(total)
 
-    The norm is computed on x / max|x| so huge entries do not overflow, and the factor is nudged
-    down by ulps until the rounded result really satisfies the bound, with a 2^-40 relative margin
-    so that another way of summing the squares agrees (DP sensitivity relies on it).
+
+def clip_l2(x: np.ndarray, max_norm: float, *, overwrite: bool = False) -> np.ndarray:
+    """A float64 copy of ``x`` scaled down, if needed, so its L2 norm is at most ``max_norm``;
+    ``overwrite``: a float64 ``x`` is scaled in place and returned instead (no copy).
+
+    Where max|x| lies outside [2^-300, 2^300] the norm is computed on x / max|x|, so huge entries
+    do not overflow (inside it the squares can neither overflow nor lose the norm to underflow),
+    and the factor is nudged down by ulps until the rounded result really satisfies the bound,
+    with a 2^-40 relative margin so that another way of summing the squares agrees (DP
+    sensitivity relies on it). The copy is the only d-sized array made.
     """
     max_norm = _positive_finite(max_norm, "max_norm")
-    out = _finite_array(x).astype(np.float64)  # astype copies
-    peak = float(np.max(np.abs(out))) if out.size else 0.0
+    out = _finite_array(x).astype(np.float64, copy=not overwrite)  # a copy unless overwrite (and float64)
+    peak = max(float(out.max()), -float(out.min())) if out.size else 0.0  # max |x|
     if peak == 0.0:
         return out
-    norm = peak * _norm(out / peak)
+    norm = _norm(out) if 2.0**-300 <= peak <= 2.0**300 else peak * _norm(out / peak)
     if norm <= max_norm:
         return out
     # Aim 2^-40 (relative) below the bound: any float64 summation order of the squares (ours, a
     # BLAS dot, a pairwise sum) then agrees that the result meets it; then nudge by ulps if needed.
     target = max_norm * (1.0 - 2.0**-40)
     factor = target / norm
-    clipped = out * factor
-    while _norm(clipped) > target:  # at most a few ulps of rounding
+    while _scaled_norm(out, factor) > target:  # at most a few ulps of rounding
         factor = float(np.nextafter(factor, 0.0))
-        clipped = out * factor
-    return clipped
+    out *= factor  # the products _scaled_norm checked
+    return out
 
 
 def clip_coordinates(x: np.ndarray, bound: float) -> np.ndarray:
@@ -166,23 +181,47 @@ class FixedPointEncoding:
             scale = float(np.nextafter(scale, math.inf))
         return cls(bits=bits, clip=clip, scale=scale, max_clients=max_clients)
 
-    def encode(self, x: np.ndarray, *, rng: np.random.Generator, l2_clip: float | None = None) -> np.ndarray:
+    def encode(self, x: np.ndarray, *, rng: np.random.Generator, l2_clip: float | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
         """Words of ``word_dtype(bits)`` in [0, 2*offset], one per coordinate of the 1-D ``x``.
 
         ``rng`` drives the stochastic rounding (injected, never global state); ``l2_clip``, if
-        given, bounds the L2 norm before the coordinate clip.
+        given, bounds the L2 norm before the coordinate clip. ``out``: the array to write the
+        words into (the word dtype, ``x``'s length), else a new one; it is returned.
+
+        Coordinates are rounded ``ENCODE_CHUNK`` at a time in reused buffers (the words are those
+        of one pass over the whole vector: the rounding draws come from ``rng`` in the same order),
+        so no d-sized float temporaries are made beside the L2-clipped copy.
         """
         x = _finite_array(x)
         if x.ndim != 1:
             raise InputError(f"x must be 1-D, got ndim={x.ndim} (shape {x.shape})")
         if not isinstance(rng, np.random.Generator):
             raise ConfigError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        v = clip_l2(x, l2_clip) if l2_clip is not None else x.astype(np.float64)
-        v = clip_coordinates(v, self.clip) * self.scale
-        low = np.floor(v)
-        rounded = low + (rng.random(v.shape[0]) < (v - low))  # P(+1) = frac: unbiased
-        words = rounded.astype(np.int64) + self.offset
-        return words.astype(word_dtype(self.bits))
+        dtype, d = word_dtype(self.bits), x.shape[0]
+        if out is None:
+            out = np.empty(d, dtype=dtype)
+        elif not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != (d,):
+            raise InputError(f"out must be a numpy array of dtype {dtype} and shape ({d},), got "
+                             f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+        v = clip_l2(x, l2_clip) if l2_clip is not None else x
+        chunk = min(ENCODE_CHUNK, max(d, 1))
+        scaled, low, draws = (np.empty(chunk) for _ in range(3))
+        ints = np.empty(chunk, dtype=np.int64)
+        for a in range(0, d, chunk):
+            m = min(chunk, d - a)
+            s, lo, r, w = scaled[:m], low[:m], draws[:m], ints[:m]
+            s[...] = v[a:a + m]                     # float64, as clip_coordinates makes it
+            np.clip(s, -self.clip, self.clip, out=s)
+            s *= self.scale
+            np.floor(s, out=lo)
+            s -= lo                                 # the fractional part
+            rng.random(m, out=r)
+            lo += r < s                             # P(+1) = frac: unbiased
+            w[...] = lo                             # as astype(np.int64)
+            w += self.offset
+            out[a:a + m] = w
+        return out
 
     def _check_count(self, count: int) -> int:
         return _check_int(count, "count", 1, self.max_clients)

@@ -159,11 +159,13 @@ class Encoder:
 
     def encode(self, update: np.ndarray | None, *, client_id: int, round_number: int, round_seed: bytes,
                num_examples: int | None = None, secret_seed: bytes | None = None,
-               noise_seed: bytes | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+               noise_seed: bytes | None = None, rng: np.random.Generator | None = None,
+               overwrite_update: bool = False) -> np.ndarray:
         """One client's words. Its noise (DDG) and rounding come from ``rng`` (fixed point) or
         ``secret_seed`` (32 bytes; reproducible runs and tests) or, by default, os.urandom. DDG
         with ``noise_seed``: the noise share is drawn from that seed, which the client
-        secret-shares so the server can remove excess shares (``dp.xnoise``)."""
+        secret-shares so the server can remove excess shares (``dp.xnoise``).
+        ``overwrite_update``: fixed point may clip a float64 ``update`` in place (saves a copy)."""
         if self.kind is InputKind.WORDS:
             return known_words(self.test_seed, client_id, round_number, self.dim, self.bits)
         x = np.asarray(update, dtype=np.float64)
@@ -177,7 +179,7 @@ class Encoder:
         if not self.weighted:  # uniform weights: nothing but the clipped update leaves the client
             if rng is None:
                 rng = np.random.default_rng(int.from_bytes(secret_seed or os.urandom(32), "big"))
-            return self.fixed.encode(clip_l2(x, self.l2_clip), rng=rng)
+            return self.fixed.encode(clip_l2(x, self.l2_clip, overwrite=overwrite_update), rng=rng)
         if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) \
                 or not 0 < num_examples <= self.example_cap:
             raise InputError(f"client {client_id}: num_examples={num_examples!r} must be an int in "
@@ -185,9 +187,12 @@ class Encoder:
         if rng is None:
             rng = np.random.default_rng(int.from_bytes(secret_seed or os.urandom(32), "big"))
         # clip, then weight by a factor <= 1: the weighted norm stays within l2_clip exactly
-        weighted = clip_l2(x, self.l2_clip) * (int(num_examples) / self.example_cap)
-        words = self.fixed.encode(weighted, rng=rng)
-        return np.concatenate([words, np.array([num_examples], dtype=words.dtype)])
+        weighted = clip_l2(x, self.l2_clip, overwrite=overwrite_update)  # ours: weighted in place
+        weighted *= int(num_examples) / self.example_cap
+        words = np.empty(self.dim + 1, dtype=wire.word_dtype(self.bits))  # the update's words, then the count
+        self.fixed.encode(weighted, rng=rng, out=words[:-1])
+        words[-1] = num_examples
+        return words
 
     def decode(self, aggregate: np.ndarray, *, survivors: int, round_seed: bytes,
                revealed_noise: Mapping[int, bytes] | None = None) -> Decoded:

@@ -17,7 +17,7 @@ from secagg.config import GraphKind, RoundConfig
 from secagg.errors import AbortedError, ConfigError
 from secagg.state import ProtocolStage
 
-from fl_core.secure.flower.messages import RECORD, arrays_to_vector, model_record, vector_to_arrays
+from fl_core.secure.flower.messages import RECORD, arrays_to_vector, config_record, model_record, vector_to_arrays
 from fl_core.secure.flower.settings import SecureSettings
 from fl_core.secure.inputs import InputKind, InputSpec
 from fl_core.secure.transport import RoundSetup, min_survivors_for, run_server_round
@@ -89,7 +89,9 @@ class GridExchange:
             if u is None or u not in outgoing:
                 continue
             try:
-                rec = rep.content.config_records[RECORD]
+                rec = config_record(rep.content)
+                if rec is None:
+                    raise KeyError(RECORD)
                 out[u] = bytes(rec["data"])
                 if "partition-id" in rec:
                     self.partitions[u] = int(rec["partition-id"])

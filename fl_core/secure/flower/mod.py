@@ -3,12 +3,13 @@ ClientApp with it in place. The user's train reply never leaves the node: only p
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from secagg.errors import InputError, LocalProtocolError, RefusedRequestError
+from secagg.errors import LocalProtocolError, RefusedRequestError
 
-from fl_core.secure.flower.messages import RECORD, STATE_RECORD, arrays_to_vector, model_record
+from fl_core.secure.flower.messages import (RECORD, STATE_RECORD, config_record, float_arrays, model_record,
+                                            update_vector)
 from fl_core.secure.flower.node import file_signing_key, node_max_epsilon, node_policy, partition_client_id
 from fl_core.secure.inputs import InputKind
 from fl_core.secure.transport import RoundSetup, client_begin, client_step, saved_client_id, saved_setup
@@ -26,12 +27,12 @@ def secagg_mod(msg: Message, context: Context, call_next) -> Message:
     receives a raw update. Only the shares step ("input") reaches the train handler."""
     if msg.metadata.message_type.split(".")[0] != "train":
         return call_next(msg, context)
-    if RECORD not in msg.content.config_records:
+    rec = config_record(msg.content)
+    if rec is None:
         if context.node_config.get("secagg-allow-plain-train", False) is True:
             return call_next(msg, context)
         raise RefusedRequestError("this node sends updates only through secure aggregation; it got a train "
                                   "message without a secure round setup")
-    rec = msg.content.config_records[RECORD]
     op = rec.get("op")
     if op == "hello":
         key = file_signing_key(context)
@@ -42,18 +43,19 @@ def secagg_mod(msg: Message, context: Context, call_next) -> Message:
         u = _protocol_id(setup, rec, context)
         res = client_begin(setup, client_id=u, policy=node_policy(context), max_epsilon=node_max_epsilon(context),
                            signing_key=file_signing_key(context))
-        context.state.config_records[STATE_RECORD] = ConfigRecord({"state": res.state})
+        context.state[STATE_RECORD] = ConfigRecord({"state": res.state})
         return _reply(msg, data=res.reply, **{"partition-id": partition_client_id(context)})
     if op not in ("step", "input"):
         raise LocalProtocolError(f"unknown secagg op {op!r}")
-    if STATE_RECORD not in context.state.config_records:
+    saved = config_record(context.state, STATE_RECORD)
+    if saved is None:
         raise LocalProtocolError("no secure round in progress on this node (no saved state)")
-    state = context.state.config_records[STATE_RECORD]["state"]
-    words = _train_and_encode(msg, context, call_next, saved_setup(state)) if op == "input" else None
+    state = saved["state"]
+    words = _train_and_encode(msg, context, call_next, state) if op == "input" else None
     if isinstance(words, Message):
         return words  # the train handler's error reply
     res = client_step(state, bytes(rec["data"]), signing_key=file_signing_key(context), words=words)
-    context.state.config_records[STATE_RECORD] = ConfigRecord({"state": res.state})
+    context.state[STATE_RECORD] = ConfigRecord({"state": res.state})
     if res.error is not None:
         raise res.error  # Flower returns it as an error reply: the server counts a dropout
     return _reply(msg, data=res.reply)
@@ -71,31 +73,29 @@ def _protocol_id(setup: RoundSetup, rec, context: Context) -> int:
     return int(rec["client-id"])
 
 
-def _train_and_encode(msg: Message, context: Context, call_next, setup: RoundSetup):
+def _train_and_encode(msg: Message, context: Context, call_next, state: bytes):
     """The shares step carries the strategy's records: run the user's train handler on them and
     encode ``trained - received``; the reply and its metrics stay here. (Training at this step, as
     Flower's secaggplus_mod does, keeps the input out of the state saved between messages.)"""
-    u = saved_client_id(context.state.config_records[STATE_RECORD]["state"], signing_key=file_signing_key(context))
+    setup, u = saved_setup(state), saved_client_id(state, signing_key=file_signing_key(context))
     if setup.input.kind is InputKind.WORDS:  # test words: the train handler does not run
         return setup.input.encoder().encode(None, client_id=u, round_number=setup.round_number,
                                             round_seed=setup.round_seed)
-    key, sent = model_record(msg.content)
-    start, layout = arrays_to_vector(sent)
+    key, record = model_record(msg.content)
+    sent = float_arrays(record)  # decoded before the handler runs (it may change the message)
     result = call_next(msg, context)
     if result.has_error():
         return result
     _, trained = model_record(result.content, key)
-    trained_vec, got = arrays_to_vector(trained)
-    if got != layout:
-        raise InputError("the train handler returned arrays of another layout than it was sent")
-    update = trained_vec - start
+    update = update_vector(sent, trained)
+    del sent
     examples = None
-    for m in result.content.metric_records.values():
-        if "num-examples" in m:
+    for m in result.content.values():
+        if isinstance(m, MetricRecord) and "num-examples" in m:
             examples = int(m["num-examples"])
     del result, trained  # the trained model and its metrics stay on this node
     return setup.input.encoder().encode(update, client_id=u, round_number=setup.round_number,
-                                        round_seed=setup.round_seed, num_examples=examples)
+                                        round_seed=setup.round_seed, num_examples=examples, overwrite_update=True)
 
 
 class SecureClientApp(ClientApp):
