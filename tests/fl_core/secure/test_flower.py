@@ -796,6 +796,34 @@ def test_a_server_that_swaps_in_its_own_verify_keys_gets_refusals_and_no_shares(
     assert "holds no verify keys of its own" in sg.rounds[2].dropouts[0]
 
 
+def test_in_active_mode_a_node_refuses_a_setup_naming_another_id(fl, tmp_path):
+    """The hello binds each node to the id its signing key is registered under; a server that
+    later names a node by another id in its setup (here it swaps the ids of nodes 30 and 31, to
+    have each one's shares encrypted for the other) gets an error reply at setup from both,
+    naming the two ids, and no keys advertised by them."""
+    from flwr.serverapp.strategy import FedAvg
+    flower, fg = fl
+    keys = {u: SigningKey.generate() for u in range(4)}
+    trust, nodes = _keyed_nodes(tmp_path, keys, 30)
+    grid = fg.InProcessGrid(words_app(flower), nodes)
+    replies = []
+    pull = grid.pull_messages
+    grid.pull_messages = lambda ids: [replies.append(r) or r for r in pull(ids)]
+    s = flower.SecureSettings(test_dim=4, bits=20, timeout=1.0, graph=GraphKind.COMPLETE, min_survivors=0.5,
+                              verify_keys={u: k.public for u, k in keys.items()})
+    sg = quiet(flower, grid, settings=s)
+    FedAvg(fraction_evaluate=0.0, min_available_nodes=4).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
+    assert sg.rounds[0].aborted is None and sg.nodes == {30: 0, 31: 1, 32: 2, 33: 3}
+    replies.clear()
+    sg.nodes[30], sg.nodes[31] = 1, 0
+    FedAvg(fraction_evaluate=0.0, min_available_nodes=4).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
+    r = sg.rounds[1]
+    assert "the setup names this node client 1, its id is 0" in r.dropouts[1], r.dropouts
+    assert "the setup names this node client 0, its id is 1" in r.dropouts[0], r.dropouts
+    from_swapped = [rep for rep in replies if rep.metadata.src_node_id in (30, 31)]
+    assert len(from_swapped) == 2 and all(rep.has_error() for rep in from_swapped)  # the refusals, nothing else
+
+
 def _deflate(obj) -> dict:
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
     return {"root": obj.object_id,
