@@ -125,10 +125,12 @@ class ChunkRuns:
 
     def __init__(self, count: int):
         self._lock = threading.Lock()
-        self._runs = [[0, count]]  # [next, stop) of each run
+        self._first = [0, count]
+        self._runs = [self._first]  # [next, stop) of each run not yet done
 
     def first(self) -> list[int]:
-        return self._runs[0]
+        """The run the caller starts with: all the chunks, less what helpers split off."""
+        return self._first
 
     def take(self, run: list[int]) -> int | None:
         with self._lock:
