@@ -22,11 +22,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m fl_core run --out runs/demo --overwrite  # a rerun replaces it; the old privacy ledger is kept beside
 
+# One pytest worker per core (pytest-xdist): on CI's 2 cores the suite takes about half the time.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n auto -m slow
 
 # Flower's real Deployment Engine on 127.0.0.1 (minutes); the Simulation Engine test also needs
 # `pip install -e '.[simulation]'` (ray) and skips without it.

@@ -20,7 +20,7 @@ def _run(code, tmp_path, monkeypatch, capsys) -> list[str]:
 def test_own_model_and_data(tmp_path, monkeypatch, capsys):
     last = _run(OWN_MODEL, tmp_path, monkeypatch, capsys)[-1]
     acc, eps = map(float, re.fullmatch(r"test accuracy ([0-9.]+) at epsilon ([0-9.]+)", last).groups())
-    assert acc >= 0.9 and eps <= 8.0 + 1e-9  # the README says 0.98 at 8.00 (0.97-0.98 measured)
+    assert acc >= 0.9 and eps <= 8.0 + 1e-9  # the README says 0.98 at 8.00 (0.95-0.99 in six runs)
     assert (tmp_path / "runs" / "own_model" / "privacy.json").exists()
 
 

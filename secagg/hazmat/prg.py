@@ -5,8 +5,9 @@ key = seed and an initial 128-bit counter block of zeros, incremented as a big-e
 (NIST SP 800-38A). Word i is the little-endian unsigned integer in keystream bytes
 [w*i, w*(i+1)) where w = 4 for bits <= 32 and w = 8 for 32 < bits <= 62, reduced mod 2**bits.
 
-Masks are added into an accumulator chunk by chunk, so the keystream is written into one reused,
-cache-sized buffer and added in place: no Python loop over coordinates, no d-sized temporaries.
+Masks are added into an accumulator chunk by chunk (``MaskStreams``), so the keystream is written
+into one reused, cache-sized buffer and added in place: no Python loop over coordinates, no d-sized
+temporaries.
 """
 
 from __future__ import annotations
@@ -56,6 +57,52 @@ def expand(seed: bytes, dim: int, bits: int) -> np.ndarray:
     return out
 
 
+class MaskStreams:
+    """The keystreams of ``plus`` (added) and ``minus`` (subtracted) from mask word ``offset`` on,
+    added into an accumulator one chunk at a time: ``add_next(part)`` adds the next ``len(part)``
+    words of every stream into ``part`` (at most ``chunk_words``), so each stream's keystream
+    goes into one reused chunk buffer that stays in cache with ``part``, never a d-word buffer.
+    ``offset`` must start an AES block (it positions every CTR counter); ``chunk_words`` (at most
+    CHUNK_WORDS) sizes the buffer, so a short accumulator gets a short one."""
+
+    def __init__(self, plus: Sequence[bytes], minus: Sequence[bytes], *, bits: int, offset: int = 0,
+                 chunk_words: int = CHUNK_WORDS):
+        self.dtype = _dtype(bits)
+        per_block = 16 // self.dtype.itemsize
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or offset % per_block:
+            raise InputError(f"offset must be a non-negative multiple of {per_block} words, got {offset!r}")
+        block = offset // per_block
+        self.streams = ([(_keystream(s, block), np.add) for s in plus]
+                        + [(_keystream(s, block), np.subtract) for s in minus])
+        self.mask = None if bits in (32, 64) else self.dtype.type((1 << bits) - 1)
+        chunk_words = max(1, min(chunk_words, CHUNK_WORDS))
+        self.buf = bytearray(chunk_words * self.dtype.itemsize + 15)  # update_into: block_size - 1 spare
+        self.words = np.frombuffer(self.buf, dtype=self.dtype, count=chunk_words)
+
+    def add_next(self, part: np.ndarray) -> None:
+        """part += the streams' next len(part) words (mod 2**bits), in place."""
+        n = part.shape[0]
+        src = _ZEROS[: n * self.dtype.itemsize]
+        words = self.words[:n]
+        for enc, op in self.streams:
+            enc.update_into(src, self.buf)
+            op(part, words, out=part)
+        if self.mask is not None:
+            part &= self.mask
+
+
+#: The all-zero plaintext CTR encrypts into keystream, shared read-only by every stream and thread.
+_ZEROS = memoryview(bytes(CHUNK_WORDS * 8))
+
+
+def check_accumulator(acc: np.ndarray, bits: int) -> None:
+    """InputError unless ``acc`` is a contiguous 1-D array of the word dtype for ``bits``."""
+    dtype = _dtype(bits)
+    if not isinstance(acc, np.ndarray) or acc.dtype != dtype or acc.ndim != 1 or not acc.flags.c_contiguous:
+        raise InputError(f"accumulator must be a contiguous 1-D {dtype} array, got "
+                         f"{getattr(acc, 'dtype', type(acc).__name__)} with shape {getattr(acc, 'shape', '?')}")
+
+
 def add_masks(acc: np.ndarray, *, plus: Sequence[bytes] = (), minus: Sequence[bytes] = (),
               bits: int, offset: int = 0) -> None:
     """acc += sum(PRG(s) for s in plus) - sum(PRG(s) for s in minus)  (mod 2**bits), in place.
@@ -65,27 +112,8 @@ def add_masks(acc: np.ndarray, *, plus: Sequence[bytes] = (), minus: Sequence[by
     ``acc`` holds mask words [offset, offset + len(acc)): a slice of a longer accumulator, so
     slices can be masked independently (secagg.masking); ``offset`` must start an AES block.
     """
-    dtype = _dtype(bits)
-    if acc.dtype != dtype or acc.ndim != 1 or not acc.flags.c_contiguous:
-        raise InputError(f"accumulator must be a contiguous 1-D {dtype} array, got {acc.dtype} "
-                         f"with shape {acc.shape}")
-    per_block = 16 // dtype.itemsize
-    if not isinstance(offset, int) or offset < 0 or offset % per_block:
-        raise InputError(f"offset must be a non-negative multiple of {per_block} words, got {offset!r}")
-    block = offset // per_block
-    streams = ([(_keystream(s, block), np.add) for s in plus]
-               + [(_keystream(s, block), np.subtract) for s in minus])
+    check_accumulator(acc, bits)
     d = acc.shape[0]
-    chunk = min(CHUNK_WORDS, max(d, 1))
-    zeros = bytes(chunk * dtype.itemsize)
-    buf = bytearray(chunk * dtype.itemsize + 15)  # CTR update_into needs block_size - 1 spare bytes
-    words = np.frombuffer(buf, dtype=dtype, count=chunk)
-    for start in range(0, d, chunk):
-        n = min(chunk, d - start)
-        part = acc[start:start + n]
-        src = zeros if n == chunk else zeros[: n * dtype.itemsize]
-        for enc, op in streams:
-            enc.update_into(src, buf)
-            op(part, words[:n], out=part)
-    if bits not in (32, 64):
-        acc &= dtype.type((1 << bits) - 1)
+    streams = MaskStreams(plus, minus, bits=bits, offset=offset, chunk_words=d)
+    for start in range(0, d, CHUNK_WORDS):
+        streams.add_next(acc[start:start + CHUNK_WORDS])

@@ -318,12 +318,14 @@ def _check_party_survives(active, graph, to_server, stage, data):
     assert not rep.leaked()
     if _withholds_a_forwarded_share(payload, target) and rep.hostile_results == ["accepted"]:
         # A server that withholds a forwarded share makes the client mask with fewer peers than the
-        # server assumes: the server's own sum is then wrong (documented limit, see
-        # test_dishonest_server.py::test_withheld_forwarded_share_spoils_only_the_servers_own_sum).
+        # server assumes: the server's own sum is then wrong, and nothing leaks (see
+        # test_dishonest_server.py::test_one_withheld_forwarded_share_is_refused_and_reveals_no_mask_key).
         return
     assert rep.outcome() in ("exact", "exact_altered_input", "aborted"), rep.problems()
     hostile_rejected = rep.hostile_results and all(r not in ("accepted",) for r in rep.hostile_results)
-    aborted_party = any(r in ("AbortedError", "RefusedRequestError") for r in rep.hostile_results)
+    # the errors after which a party has aborted (a round-digest mismatch, v2, is one of them)
+    aborted_party = any(r in ("AbortedError", "RefusedRequestError", "RoundMismatchError")
+                        for r in rep.hostile_results)
     if hostile_rejected and not aborted_party:
         # the party is as it was: the genuine message that followed completes the round exactly
         assert rep.outcome() == "exact", (rep.hostile_results, rep.aborted)

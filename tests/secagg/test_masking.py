@@ -50,14 +50,69 @@ def test_offset_not_on_a_block_is_refused(offset):
         prg.add_masks(np.zeros(8, dtype="<u4"), plus=[SEEDS[0]], bits=32, offset=offset)
 
 
-@settings(max_examples=60, deadline=None)
-@given(dim=st.integers(0, 40 * C), n=st.integers(1, 40))
-def test_slices_cover_the_vector_once_on_chunk_boundaries(dim, n):
-    parts = masking.slices(dim, n)
-    assert len(parts) <= max(1, n)
-    assert parts[0][0] == 0 and parts[-1][1] == dim
-    assert all(a == pb for (_, pb), (a, _) in zip(parts, parts[1:]))
-    assert all(a % C == 0 and a < b for a, b in parts if dim)
+@settings(max_examples=100, deadline=None)
+@given(count=st.integers(1, 60), ops=st.lists(st.integers(0, 5), max_size=200))
+def test_chunk_runs_give_out_every_chunk_once_in_consecutive_runs(count, ops):
+    # op 0: a new helper splits a run off; else the op-th open run (mod how many) takes its next chunk
+    runs = masking.ChunkRuns(count)
+    open_runs, got = [runs.first()], {}
+    for op in ops:
+        if op == 0:
+            before = [r[:] for r in open_runs]
+            new = runs.split()
+            if new is None:
+                assert all(r[1] - r[0] < 2 for r in before)
+            else:
+                open_runs.append(new)
+        elif open_runs:
+            run = open_runs[op % len(open_runs)]
+            c = runs.take(run)
+            if c is None:
+                open_runs.remove(run)
+            else:
+                assert c not in got
+                got[c] = id(run)
+    for run in open_runs:  # drain what is left
+        while (c := runs.take(run)) is not None:
+            assert c not in got
+            got[c] = id(run)
+    while (run := runs.split()) is not None:
+        while (c := runs.take(run)) is not None:
+            got[c] = id(run)
+    assert sorted(got) == list(range(count))
+
+
+def test_an_idle_worker_helps_a_pool_task_mask():
+    """A client masking in a pool task while the other worker is idle gets help (the tail of a
+    batch of clients): the task's first chunk waits until a second thread has masked a chunk."""
+    helped, threads, calls = threading.Event(), set(), []
+    real = prg.MaskStreams.add_next
+
+    def add_next(self, part):
+        threads.add(threading.get_ident())
+        calls.append(1)
+        if len(threads) > 1:
+            helped.set()
+        real(self, part)
+        if len(calls) == 1:
+            helped.wait(timeout=20)
+
+    acc = np.arange(8 * C, dtype="<u4")
+    want = serial(8 * C, 32, SEEDS[:2], SEEDS[2:3])
+
+    def task(i):
+        if i == 0:
+            masking.add_masks(acc, plus=SEEDS[:2], minus=SEEDS[2:3], bits=32)
+        return masking.current_workers()
+
+    prg.MaskStreams.add_next = add_next
+    try:
+        inner = list(masking.imap(task, [0, 1], workers=2))
+    finally:
+        prg.MaskStreams.add_next = real
+    assert helped.is_set() and len(threads) == 2
+    assert inner == [1, 1]  # the task itself still sees one worker (it never waits on the pool)
+    assert np.array_equal(acc, want)
 
 
 def test_bad_inputs_raise_before_any_slice_is_touched():
@@ -118,8 +173,8 @@ def test_pool_masking_memory_is_a_chunk_per_worker_not_a_vector():
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    per_task = 2 * C * 4 + 64 * 1024   # zeros + keystream buffer per running slice, plus slack
-    assert peak < workers * per_task + (256 << 10)
+    per_thread = C * 4 + 16 * 1024     # one keystream buffer per thread masking, plus slack
+    assert peak < workers * per_thread + (64 << 10)
     assert peak < d * 4 / 4            # far below one d-word vector
 
 

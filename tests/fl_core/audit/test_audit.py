@@ -53,6 +53,12 @@ def zero_noise(shape, sigma, *, gen):
     return np.zeros(shape, dtype=np.int64)
 
 
+def remove_client_noise(mp: pytest.MonkeyPatch) -> None:
+    """Every client's DDG share becomes zero: drawn at encoding and drawn again from its seed."""
+    mp.setattr(dp.distributed, "discrete_gaussian", zero_noise)
+    mp.setattr(dp.xnoise, "discrete_gaussian", zero_noise)
+
+
 def no_masks(acc, *, plus=(), minus=(), bits):
     return None
 
@@ -75,8 +81,7 @@ def client_report(client_run):
 def noiseless_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("client_noise_off")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dp.distributed, "discrete_gaussian", zero_noise)
-        mp.setattr(dp.xnoise, "discrete_gaussian", zero_noise)  # the shares drawn from seeds
+        remove_client_noise(mp)
         run(cfg_of(CLIENT), out, **QUIET)
     return out
 
@@ -397,7 +402,7 @@ def test_eps3_example_estimate_stays_below_the_claim_and_noise_off_exceeds_10x(s
     run(cfg, tmp_path / "on", **QUIET)
     on = audit_run(tmp_path / "on", log=lambda m: None)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dp.distributed, "discrete_gaussian", zero_noise)
+        remove_client_noise(mp)
         run(cfg, tmp_path / "off", **QUIET)
     off = audit_run(tmp_path / "off", log=lambda m: None)
     print(f"seed {seed}: on {on['empirical_epsilon']:.3f}, off {off['empirical_epsilon']:.1f}")
@@ -417,3 +422,22 @@ def test_default_example_audit_takes_under_two_minutes(tmp_path):
     print(f"default example audit: {seconds:.1f} s")
     assert seconds < 120
     assert rep["server_view_ok"] and not rep["flagged"], rep["reasons"]
+
+
+def test_the_committed_example_report_states_what_the_code_now_promises(tmp_path):
+    """examples/audit_eps3_report is what users read first: its relation, trust statement and the
+    honest-survivor calibration must be the ones a run of examples/audit_eps3.toml writes today
+    (one round suffices: none of these depend on the number of rounds)."""
+    import dataclasses
+    from fl_core.config import load_config
+    report = EXAMPLES / "audit_eps3_report"
+    committed = json.loads((report / "audit.json").read_text())["mechanisms"][0]
+    cfg = dataclasses.replace(load_config(EXAMPLES / "audit_eps3.toml"), rounds=1)
+    run(cfg, tmp_path, **QUIET)
+    now = json.loads((tmp_path / "privacy.json").read_text())["mechanisms"][0]
+    for key in ("adjacency", "neighbouring_relation", "trust"):
+        assert committed[key] == now[key], key
+    for key in ("calibrated_for_survivors", "calibrated_for_honest_survivors", "tolerated_colluding_clients"):
+        assert committed["parameters"][key] == now["parameters"][key], key
+    text = (report / "audit.md").read_text()
+    assert now["trust"] in text and now["neighbouring_relation"] in text
