@@ -55,14 +55,21 @@ def _norm(v: np.ndarray) -> float:
     return math.sqrt(float(np.einsum("i,i->", flat, flat)))
 
 
-def _scaled_norm(v: np.ndarray, factor: float) -> float:
-    """``_norm(v * factor)`` of exactly those rounded products, a chunk at a time (no d-sized copy)."""
+def _scaled_norm(v: np.ndarray, factor: float, peak: float) -> float:
+    """``_norm(v * factor)`` of exactly those rounded products, a chunk at a time (no d-sized copy).
+    ``peak`` = max|v|: where the largest product lies outside [2^-300, 2^300] its squares would
+    overflow (or vanish), so each product is first scaled by the power of two 2^-e that brings the
+    largest near 1 (exact) and the norm scaled back."""
+    top = peak * factor
+    unit = 1.0 if 2.0**-300 <= top <= 2.0**300 else math.ldexp(1.0, -math.frexp(top)[1])
     flat, total = v.ravel(), 0.0
     buf = np.empty(min(ENCODE_CHUNK, flat.size))
     for a in range(0, flat.size, buf.size):
         part = np.multiply(flat[a:a + buf.size], factor, out=buf[:flat.size - a])
+        if unit != 1.0:
+            part *= unit
         total += float(np.einsum("i,i->", part, part))
-    return math.sqrt(total)
+    return math.sqrt(total) / unit
 
 
 def clip_l2(x: np.ndarray, max_norm: float, *, overwrite: bool = False) -> np.ndarray:
@@ -87,7 +94,7 @@ def clip_l2(x: np.ndarray, max_norm: float, *, overwrite: bool = False) -> np.nd
     # BLAS dot, a pairwise sum) then agrees that the result meets it; then nudge by ulps if needed.
     target = max_norm * (1.0 - 2.0**-40)
     factor = target / norm
-    while _scaled_norm(out, factor) > target:  # at most a few ulps of rounding
+    while _scaled_norm(out, factor, peak) > target:  # at most a few ulps of rounding
         factor = float(np.nextafter(factor, 0.0))
     out *= factor  # the products _scaled_norm checked
     return out

@@ -40,6 +40,21 @@ def test_clip_l2_known_answer():
     np.testing.assert_allclose(big, [math.sqrt(2), math.sqrt(2)], rtol=2e-12)
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("x,max_norm", [([1e200, 1e200], 1e180), ([1e308, -1e308, 3e307], 1e300),
+                                        ([1e-150, 1e-150], 1e-200), ([3e-300, 4e-300], 1e-302)])
+def test_clip_l2_ends_and_bounds_the_norm_when_the_squares_would_overflow_or_vanish(x, max_norm):
+    """The ulp re-check used to square the clipped values themselves: above about 1e154 they
+    overflowed to inf, the check never passed and clip_l2 looped for ever. Tiny bounds take the
+    same rescaled path (their squares would vanish)."""
+    x = np.array(x)
+    out = clip_l2(x, max_norm)
+    peak = float(np.abs(out).max())
+    norm = peak * float(np.linalg.norm(out / peak))  # overflow-safe
+    assert norm <= max_norm and norm >= max_norm * (1 - 2.0**-30)
+    np.testing.assert_allclose(out / out[0], x / x[0], rtol=1e-12)
+
+
 @given(x=vectors, max_norm=st.floats(1e-3, 1e3))
 def test_clip_l2_bounds_norm_and_keeps_direction(x, max_norm):
     out = clip_l2(x, max_norm)
