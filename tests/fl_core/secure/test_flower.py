@@ -761,18 +761,13 @@ def test_a_trust_file_that_disagrees_with_the_servers_keys_is_refused(fl, tmp_pa
     assert set(r.dropouts) == {0, 1, 2}
 
 
-def test_a_server_that_swaps_in_its_own_verify_keys_gets_refusals_and_no_shares(fl, tmp_path):
-    """Attack 3 (issue 11) over the Flower app: after an honest round (which sums exactly, so the
-    nodes do answer this server), the server puts its own verify keys for clients 1..3 in the next
-    setup, to pose as them and read the shares sent to them. Every node checks the setup against
-    its trust file and refuses, naming client 1; no node answers anything but that error (no keys
-    advertised, no share encrypted), and a node without a trust file refuses any active round."""
-    from dataclasses import replace
-
+def _after_an_honest_active_round(fl, tmp_path):
+    """Four key-holding nodes (30..33) and a server holding their verify keys, after one honest
+    active round that summed exactly; the replies pulled from then on are recorded."""
     from flwr.serverapp.strategy import FedAvg
     flower, fg = fl
     keys = {u: SigningKey.generate() for u in range(4)}
-    trust, nodes = _keyed_nodes(tmp_path, keys, 30)
+    _, nodes = _keyed_nodes(tmp_path, keys, 30)
     grid = fg.InProcessGrid(words_app(flower), nodes)
     replies = []
     pull = grid.pull_messages
@@ -783,6 +778,20 @@ def test_a_server_that_swaps_in_its_own_verify_keys_gets_refusals_and_no_shares(
     FedAvg(fraction_evaluate=0.0, min_available_nodes=4).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
     assert sg.rounds[0].aborted is None and sg.rounds[0].survivors == (0, 1, 2, 3)
     replies.clear()
+    return sg, grid, replies
+
+
+def test_a_server_that_swaps_in_its_own_verify_keys_gets_refusals_and_no_shares(fl, tmp_path):
+    """Attack 3 (issue 11) over the Flower app: after an honest round (which sums exactly, so the
+    nodes do answer this server), the server puts its own verify keys for clients 1..3 in the next
+    setup, to pose as them and read the shares sent to them. Every node checks the setup against
+    its trust file and refuses, naming client 1; no node answers anything but that error (no keys
+    advertised, no share encrypted), and a node without a trust file refuses any active round."""
+    from dataclasses import replace
+
+    from flwr.serverapp.strategy import FedAvg
+    sg, grid, replies = _after_an_honest_active_round(fl, tmp_path)
+    honest = sg.settings
     sg.settings = replace(honest, verify_keys={**honest.verify_keys,
                                                **{u: SigningKey.generate().public for u in (1, 2, 3)}})
     FedAvg(fraction_evaluate=0.0, min_available_nodes=4).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
@@ -802,19 +811,8 @@ def test_in_active_mode_a_node_refuses_a_setup_naming_another_id(fl, tmp_path):
     have each one's shares encrypted for the other) gets an error reply at setup from both,
     naming the two ids, and no keys advertised by them."""
     from flwr.serverapp.strategy import FedAvg
-    flower, fg = fl
-    keys = {u: SigningKey.generate() for u in range(4)}
-    trust, nodes = _keyed_nodes(tmp_path, keys, 30)
-    grid = fg.InProcessGrid(words_app(flower), nodes)
-    replies = []
-    pull = grid.pull_messages
-    grid.pull_messages = lambda ids: [replies.append(r) or r for r in pull(ids)]
-    s = flower.SecureSettings(test_dim=4, bits=20, timeout=1.0, graph=GraphKind.COMPLETE, min_survivors=0.5,
-                              verify_keys={u: k.public for u, k in keys.items()})
-    sg = quiet(flower, grid, settings=s)
-    FedAvg(fraction_evaluate=0.0, min_available_nodes=4).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
-    assert sg.rounds[0].aborted is None and sg.nodes == {30: 0, 31: 1, 32: 2, 33: 3}
-    replies.clear()
+    sg, _, replies = _after_an_honest_active_round(fl, tmp_path)
+    assert sg.nodes == {30: 0, 31: 1, 32: 2, 33: 3}
     sg.nodes[30], sg.nodes[31] = 1, 0
     FedAvg(fraction_evaluate=0.0, min_available_nodes=4).start(grid=sg, initial_arrays=_arrays(2), num_rounds=1)
     r = sg.rounds[1]
